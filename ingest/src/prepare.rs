@@ -1,0 +1,241 @@
+//! Validated client changes to canonical events, ready to publish: space resolved and
+//! authorized, timestamps clamped, deterministic event ids, subjects escaped.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemas::{
+    Envelope, Event, FieldValue, Metadata, Op, RecordChanged,
+    event::EVENT_SCHEMA_VERSION,
+    stream::MAX_EVENT_BYTES,
+    subject::change_subject,
+    time::{clamp_to_receipt, parse_instant, truncate_micros},
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{Access, ClientChange, RejectedBatch};
+
+/// Namespace of the deterministic event ids.
+const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x0c6b_54f2_35a4_4c91_a0e8_77d2_3be1_9f40);
+
+/// Who pushes, where, when.
+#[derive(Debug, Clone, Copy)]
+pub struct PushContext<'a> {
+    pub access: &'a Access,
+    pub app_id: &'a str,
+    pub client_id: &'a str,
+    pub received_at: DateTime<Utc>,
+}
+
+/// One event ready to publish.
+#[derive(Debug, Clone)]
+pub struct PreparedEvent {
+    pub subject: String,
+    /// `Nats-Msg-Id`: the event id, so a resent change is dropped by JetStream.
+    pub msg_id: String,
+    pub payload: Vec<u8>,
+    pub envelope: Envelope,
+}
+
+/// Turns a validated batch into events. Fails whole: one refused change refuses all.
+pub fn prepare_batch(ctx: PushContext<'_>, changes: Vec<ClientChange>) -> Result<Vec<PreparedEvent>, RejectedBatch> {
+    let received_at = truncate_micros(ctx.received_at);
+    changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, change)| prepare_one(&ctx, received_at, i, change))
+        .collect()
+}
+
+fn prepare_one(
+    ctx: &PushContext<'_>,
+    received_at: DateTime<Utc>,
+    i: usize,
+    change: ClientChange,
+) -> Result<PreparedEvent, RejectedBatch> {
+    let space_id = ctx
+        .access
+        .resolve_space(change.space_id.as_deref())
+        .map_err(|why| RejectedBatch::forbidden(i, format!("change {i}: {why}")))?;
+    if !ctx.access.can_write(&space_id) {
+        return Err(RejectedBatch::forbidden(
+            i,
+            format!("change {i}: you may not write into space {space_id:?}"),
+        ));
+    }
+    let clamp = |t: DateTime<Utc>| clamp_to_receipt(truncate_micros(t), received_at);
+    let at = match change.op {
+        Op::Insert => Some(clamp(insert_time(change.data.as_ref()).unwrap_or(received_at))),
+        Op::Delete => Some(clamp(change.deleted_at.unwrap_or(received_at))),
+        Op::Update => None,
+    };
+    let fields = change.fields.map(|fields| {
+        fields
+            .into_iter()
+            .map(|(name, (value, t))| (name, FieldValue { value, at: clamp(t) }))
+            .collect::<BTreeMap<_, _>>()
+    });
+    let event_id = event_id(ctx, &change.raw);
+    let envelope = Envelope {
+        event_id,
+        schema_version: EVENT_SCHEMA_VERSION,
+        occurred_at: received_at,
+        event: Event::RecordChanged(RecordChanged {
+            app_id: ctx.app_id.to_owned(),
+            space_id,
+            table: change.table,
+            record_id: change.id,
+            op: change.op,
+            at,
+            data: change.data,
+            fields,
+            client_schema_version: change.schema_version,
+        }),
+        metadata: Metadata {
+            user_id: ctx.access.user_id().to_owned(),
+            client_id: ctx.client_id.to_owned(),
+            actor: change.actor,
+            origin: change.origin,
+            received_at,
+        },
+    };
+    let payload = envelope.to_json();
+    if payload.len() > MAX_EVENT_BYTES as usize {
+        return Err(RejectedBatch::TooLarge {
+            index: Some(i),
+            message: format!("change {i} is larger than {MAX_EVENT_BYTES} bytes"),
+        });
+    }
+    let Event::RecordChanged(rc) = &envelope.event;
+    Ok(PreparedEvent {
+        subject: change_subject(&rc.space_id, &rc.app_id, &rc.table),
+        msg_id: event_id.to_string(),
+        payload,
+        envelope,
+    })
+}
+
+/// The time of an insert: the record's own `updatedAt`, else `createdAt`, else receipt.
+fn insert_time(data: Option<&serde_json::Map<String, Value>>) -> Option<DateTime<Utc>> {
+    let data = data?;
+    ["updatedAt", "createdAt"]
+        .iter()
+        .find_map(|k| data.get(*k).and_then(Value::as_str).and_then(parse_instant))
+}
+
+/// Same user, app, client and change bytes → same id. `serde_json` keeps object keys
+/// sorted, so the bytes do not depend on the key order the client used.
+fn event_id(ctx: &PushContext<'_>, raw: &Value) -> Uuid {
+    let mut name = Vec::with_capacity(256);
+    for part in [ctx.access.user_id(), ctx.app_id, ctx.client_id] {
+        name.extend_from_slice(part.as_bytes());
+        name.push(0);
+    }
+    name.extend_from_slice(&serde_json::to_vec(raw).unwrap_or_default());
+    Uuid::new_v5(&EVENT_NAMESPACE, &name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_push_request;
+    use chrono::TimeDelta;
+    use serde_json::json;
+
+    fn ctx<'a>(access: &'a Access, received_at: DateTime<Utc>) -> PushContext<'a> {
+        PushContext { access, app_id: "todo", client_id: "c1", received_at }
+    }
+
+    fn changes(v: Value) -> Vec<ClientChange> {
+        parse_push_request(&serde_json::to_vec(&json!({ "changes": v })).unwrap())
+            .unwrap()
+            .changes
+    }
+
+    fn record(e: &PreparedEvent) -> &RecordChanged {
+        let Event::RecordChanged(rc) = &e.envelope.event;
+        rc
+    }
+
+    #[test]
+    fn resent_change_gets_the_same_event_id_regardless_of_key_order() {
+        let alice = Access::personal_only("alice");
+        let now = Utc::now();
+        let a = prepare_batch(ctx(&alice, now), changes(json!([{"table": "t", "id": "1", "op": "insert", "data": {"a": 1, "b": 2}}]))).unwrap();
+        let b = prepare_batch(
+            ctx(&alice, now + TimeDelta::seconds(3)),
+            changes(json!([{"op": "insert", "data": {"b": 2, "a": 1}, "id": "1", "table": "t"}])),
+        )
+        .unwrap();
+        assert_eq!(a[0].msg_id, b[0].msg_id);
+        let c = prepare_batch(ctx(&alice, now), changes(json!([{"table": "t", "id": "1", "op": "insert", "data": {"a": 2}}]))).unwrap();
+        assert_ne!(a[0].msg_id, c[0].msg_id);
+    }
+
+    #[test]
+    fn future_field_timestamps_are_clamped_to_receipt() {
+        let alice = Access::personal_only("alice");
+        let now = parse_instant("2026-05-01T12:00:00Z").unwrap();
+        let events = prepare_batch(
+            ctx(&alice, now),
+            changes(json!([{"table": "t", "id": "1", "op": "update", "fields": {
+                "far": {"value": 1, "at": "2030-01-01T00:00:00Z"},
+                "near": {"value": 2, "at": "2026-05-01T12:04:00Z"},
+            }}])),
+        )
+        .unwrap();
+        let fields = record(&events[0]).fields.as_ref().unwrap();
+        assert_eq!(fields["far"].at, now);
+        assert_eq!(fields["near"].at, parse_instant("2026-05-01T12:04:00Z").unwrap());
+    }
+
+    #[test]
+    fn spaces_resolve_and_foreign_spaces_are_refused() {
+        let alice = Access::personal_only("alice");
+        let now = Utc::now();
+        let ok = prepare_batch(
+            ctx(&alice, now),
+            changes(json!([
+                {"table": "t", "id": "1", "op": "insert", "data": {}},
+                {"table": "t", "id": "2", "op": "insert", "data": {}, "spaceId": "_personal:alice"},
+            ])),
+        )
+        .unwrap();
+        assert!(ok.iter().all(|e| record(e).space_id == alice.personal_space()));
+        assert!(ok[0].subject.starts_with("sync."));
+
+        for space in ["_personal:bob", "some-shared-space"] {
+            let err = prepare_batch(
+                ctx(&alice, now),
+                changes(json!([
+                    {"table": "t", "id": "1", "op": "insert", "data": {}},
+                    {"table": "t", "id": "2", "op": "insert", "data": {}, "spaceId": space},
+                ])),
+            )
+            .unwrap_err();
+            assert!(matches!(err, RejectedBatch::Forbidden { index: Some(1), .. }), "{space}");
+        }
+    }
+
+    #[test]
+    fn insert_time_comes_from_the_record() {
+        let alice = Access::personal_only("alice");
+        let now = parse_instant("2026-05-01T12:00:00Z").unwrap();
+        let events = prepare_batch(
+            ctx(&alice, now),
+            changes(json!([
+                {"table": "t", "id": "1", "op": "insert", "data": {"updatedAt": "2026-04-01T00:00:00Z"}},
+                {"table": "t", "id": "2", "op": "insert", "data": {"createdAt": "2026-03-01T00:00:00Z"}},
+                {"table": "t", "id": "3", "op": "insert", "data": {}},
+                {"table": "t", "id": "4", "op": "delete"},
+            ])),
+        )
+        .unwrap();
+        let ats: Vec<_> = events.iter().map(|e| record(e).at.unwrap()).collect();
+        assert_eq!(ats[0], parse_instant("2026-04-01T00:00:00Z").unwrap());
+        assert_eq!(ats[1], parse_instant("2026-03-01T00:00:00Z").unwrap());
+        assert_eq!(ats[2], now);
+        assert_eq!(ats[3], now);
+    }
+}

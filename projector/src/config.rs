@@ -1,0 +1,25 @@
+//! Projector configuration, from the environment (or flags) with development defaults.
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// PostgreSQL URL of a role that owns the projection tables.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://sync@127.0.0.1:54329/sync")]
+    pub database_url: String,
+    /// Name of the JetStream stream holding the log.
+    #[arg(long, env = "SYNC_STREAM", default_value = schemas::stream::DEFAULT_STREAM)]
+    pub stream: String,
+    /// Replicas of the stream when this process creates it (3 on a cluster).
+    #[arg(long, env = "SYNC_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// Name of the durable consumer and of the checkpoint row.
+    #[arg(long, env = "PROJECTOR_NAME", default_value = "projector")]
+    pub name: String,
+    /// Most events applied in one transaction.
+    #[arg(long, env = "PROJECTOR_BATCH", default_value_t = 1000)]
+    pub batch_size: usize,
+}

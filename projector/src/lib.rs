@@ -1,0 +1,131 @@
+//! The projector: a durable JetStream consumer that maintains the PostgreSQL
+//! projections (change log, record state) in log order, exactly once in effect.
+//!
+//! Exactly-once comes from three things together: events and the checkpoint commit in
+//! one transaction; messages at or below the checkpoint are skipped; the consumer is
+//! recreated at the checkpoint after any failure. A `kill -9` at any moment therefore
+//! loses nothing and applies nothing twice.
+
+pub mod apply;
+mod config;
+mod consumer;
+pub mod telemetry;
+
+use std::{future::Future, pin::pin, time::Duration};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+pub use config::Config;
+
+/// Applies the SQL migrations under `migrations/`.
+pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new().max_connections(1).connect(database_url).await?;
+    sqlx::migrate!("../migrations").run(&pool).await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+pub struct Projector {
+    config: Config,
+    pool: PgPool,
+    js: jetstream::Context,
+}
+
+impl Projector {
+    /// Connects to PostgreSQL (applying migrations) and NATS, and makes sure the log
+    /// stream exists.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&config.database_url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        sqlx::migrate!("../migrations").run(&pool).await.context("applying migrations")?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("projector:{}", config.name))
+            .retry_on_initial_connect()
+            .connect(&config.nats_url)
+            .await
+            .context("connecting to NATS")?;
+        let js = jetstream::new(client);
+        js.get_or_create_stream(schemas::stream::stream_config(&config.stream, config.stream_replicas))
+            .await
+            .context("creating the log stream")?;
+        Ok(Self { config, pool, js })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Projects until `shutdown` resolves, finishing the batch in flight. Failures are
+    /// retried with backoff: the consumer is rebuilt at the checkpoint each time.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let mut shutdown = pin!(shutdown);
+        // One active projector per name; a second one waits here as a standby.
+        let _lock = tokio::select! {
+            lock = self.leader_lock() => lock?,
+            () = &mut shutdown => return Ok(()),
+        };
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.consume(&mut shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!(error.cause_chain = ?e, ?backoff, "projector failed; rebuilding the consumer"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = &mut shutdown => return Ok(()),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn consume(&self, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> anyhow::Result<()> {
+        let name = &self.config.name;
+        let checkpoint = apply::checkpoint(&self.pool, name).await?;
+        let mut messages =
+            consumer::open(&self.js, &self.config.stream, name, checkpoint, self.config.batch_size).await?;
+        tracing::info!(checkpoint, "projector consuming");
+        loop {
+            let batch = tokio::select! {
+                batch = consumer::next_batch(&mut messages, self.config.batch_size) => batch?,
+                () = shutdown.as_mut() => return Ok(()),
+            };
+            // Not raced against shutdown: the batch in flight is finished.
+            let checkpoint = consumer::process(&self.pool, name, &batch).await?;
+            tracing::debug!(checkpoint, size = batch.len(), "batch applied");
+        }
+    }
+
+    /// A session-level advisory lock held on a dedicated connection for as long as the
+    /// returned connection lives; released by PostgreSQL if this process dies.
+    async fn leader_lock(&self) -> anyhow::Result<sqlx::PgConnection> {
+        let mut conn = self.pool.acquire().await?.detach();
+        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+            .bind(format!("projector:{}", self.config.name))
+            .execute(&mut conn)
+            .await?;
+        Ok(conn)
+    }
+}
