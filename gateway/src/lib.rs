@@ -1,1 +1,195 @@
-//! placeholder
+//! The gateway: the HTTP edge of the sync backend. Authenticates callers, validates and
+//! authorizes pushes, publishes them to the log with acknowledgement, and serves pulls
+//! from the PostgreSQL projection with read-your-writes. Stateless: run any number.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+mod log;
+mod progress;
+mod routes;
+mod store;
+pub mod telemetry;
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use axum::{
+    Json, Router,
+    extract::DefaultBodyLimit,
+    http::StatusCode,
+    routing::{get, post},
+};
+use ingest::Access;
+use schemas::{Since, wire::SyncResponse};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+pub use config::Config;
+use {auth::Verifier, error::ApiError, log::Log, progress::Progress};
+
+/// Shared state of every request.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    config: Config,
+    log: Log,
+    pool: PgPool,
+    progress: Progress,
+    verifier: Verifier,
+}
+
+impl AppState {
+    pub(crate) fn log(&self) -> &Log {
+        &self.0.log
+    }
+
+    pub(crate) fn progress(&self) -> &Progress {
+        &self.0.progress
+    }
+
+    pub(crate) fn verifier(&self) -> &Verifier {
+        &self.0.verifier
+    }
+
+    /// Waits (bounded) until the projector has applied the log up to `target`; returns
+    /// the position reads may go up to. A projector that does not catch up in time is
+    /// a 503, never a silently stale answer.
+    pub(crate) async fn wait_for_position(&self, target: u64) -> Result<u64, ApiError> {
+        self.progress()
+            .wait_for(target, self.0.config.read_your_writes_timeout())
+            .await?
+            .ok_or_else(|| {
+                ApiError::unavailable("the projector", format!("did not reach {target} in time"))
+            })
+    }
+
+    /// The position a read goes up to: the log position when it arrived (so it sees
+    /// every acknowledged write), or the committed projection if the log is
+    /// unreachable (reads stay available; cursors stay exact).
+    pub(crate) async fn read_position(&self) -> Result<u64, ApiError> {
+        match self.log().last_seq().await {
+            Ok(target) => self.wait_for_position(target).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "log unreachable; reading the committed projection");
+                Ok(self.progress().read().await?)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn read_page(
+        &self,
+        access: &Access,
+        app_id: &str,
+        table: Option<&str>,
+        since: Since,
+        upto: u64,
+        exclude: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<SyncResponse, ApiError> {
+        let after = match since {
+            Since::Start => 0,
+            Since::After(cursor) => cursor.seq(),
+            Since::Timestamp(t) => store::position_at(&self.0.pool, t, upto).await?,
+        };
+        let spaces = access.readable_spaces();
+        let page = store::changes_since(
+            &self.0.pool,
+            &store::ChangeQuery {
+                app_id,
+                table,
+                spaces: &spaces,
+                after,
+                upto,
+                exclude,
+                limit,
+            },
+        )
+        .await?;
+        Ok(SyncResponse {
+            server_changes: page.changes,
+            conflicts: Vec::new(),
+            synced_until: page.synced_until.encode(),
+            has_more: page.has_more,
+        })
+    }
+}
+
+/// A built gateway: connected and listening, not yet serving.
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let verifier = Verifier::from_config(&config)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(32)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(&config.database_url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        let log = Log::connect(
+            &config.nats_url,
+            &config.stream,
+            config.stream_replicas,
+            config.publish_timeout(),
+        )
+        .await
+        .context("connecting to NATS")?;
+        let progress = Progress::follow(pool.clone(), config.projector_name.clone());
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .context("binding the listener")?;
+        let state = AppState(Arc::new(Inner {
+            config,
+            log,
+            pool,
+            progress,
+            verifier,
+        }));
+        Ok(Self {
+            listener,
+            router: router(state),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/sync/{app_id}", post(routes::push::push))
+        .route("/sync/{app_id}/pull", get(routes::pull::pull))
+        .route("/health", get(routes::health::health))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({"error": "not_found", "message": "no such endpoint"})),
+            )
+        })
+        .layer(DefaultBodyLimit::max(schemas::wire::MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+pub use projector::shutdown_signal;

@@ -37,7 +37,11 @@ impl Access {
     pub fn with_roles(user_id: &str, mut roles: HashMap<String, Role>) -> Self {
         let personal_space = personal_space_id(user_id);
         roles.insert(personal_space.clone(), Role::Owner);
-        Self { user_id: user_id.to_owned(), personal_space, roles }
+        Self {
+            user_id: user_id.to_owned(),
+            personal_space,
+            roles,
+        }
     }
 
     pub fn user_id(&self) -> &str {
@@ -80,7 +84,10 @@ mod tests {
     #[test]
     fn personal_sentinel_resolves_only_for_its_owner() {
         let a = Access::personal_only("alice");
-        assert_eq!(a.resolve_space(Some("_personal:alice")).unwrap(), personal_space_id("alice"));
+        assert_eq!(
+            a.resolve_space(Some("_personal:alice")).unwrap(),
+            personal_space_id("alice")
+        );
         assert_eq!(a.resolve_space(None).unwrap(), personal_space_id("alice"));
         assert!(a.resolve_space(Some("_personal:bob")).is_err());
         assert_eq!(a.resolve_space(Some("family")).unwrap(), "family");
@@ -90,7 +97,10 @@ mod tests {
     fn writes_need_a_writing_role() {
         let a = Access::with_roles(
             "alice",
-            HashMap::from([("team".to_owned(), Role::Member), ("club".to_owned(), Role::Viewer)]),
+            HashMap::from([
+                ("team".to_owned(), Role::Member),
+                ("club".to_owned(), Role::Viewer),
+            ]),
         );
         assert!(a.can_write(&personal_space_id("alice")));
         assert!(a.can_write("team"));

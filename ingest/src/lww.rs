@@ -92,7 +92,15 @@ mod tests {
             fields: Some(
                 fields
                     .iter()
-                    .map(|(n, v, at)| ((*n).to_owned(), FieldValue { value: v.clone(), at: t(at) }))
+                    .map(|(n, v, at)| {
+                        (
+                            (*n).to_owned(),
+                            FieldValue {
+                                value: v.clone(),
+                                at: t(at),
+                            },
+                        )
+                    })
                     .collect(),
             ),
             ..change(Op::Update)
@@ -108,11 +116,16 @@ mod tests {
     }
 
     fn delete(at: &str) -> RecordChanged {
-        RecordChanged { at: Some(t(at)), ..change(Op::Delete) }
+        RecordChanged {
+            at: Some(t(at)),
+            ..change(Op::Delete)
+        }
     }
 
     fn fold(events: &[RecordChanged]) -> RecordState {
-        events.iter().fold(RecordState::default(), RecordState::apply)
+        events
+            .iter()
+            .fold(RecordState::default(), RecordState::apply)
     }
 
     #[test]
@@ -144,7 +157,10 @@ mod tests {
 
     #[test]
     fn delete_and_reinsert_follow_their_instants() {
-        let s = fold(&[insert(json!({"a": 1}), "2026-01-01T00:00:00Z"), delete("2026-01-01T00:00:05Z")]);
+        let s = fold(&[
+            insert(json!({"a": 1}), "2026-01-01T00:00:00Z"),
+            delete("2026-01-01T00:00:05Z"),
+        ]);
         assert_eq!(s.deleted_at, Some(t("2026-01-01T00:00:05Z")));
         // A late-arriving insert older than the delete does not resurrect the record.
         let s = s.apply(&insert(json!({"a": 2}), "2026-01-01T00:00:03Z"));
@@ -158,12 +174,21 @@ mod tests {
     fn replay_is_deterministic() {
         let events = [
             insert(json!({"a": 1, "b": 1}), "2026-01-01T00:00:00Z"),
-            update(&[("a", json!(2), "2026-01-01T00:00:01Z"), ("b", json!(0), "2025-01-01T00:00:00Z")]),
+            update(&[
+                ("a", json!(2), "2026-01-01T00:00:01Z"),
+                ("b", json!(0), "2025-01-01T00:00:00Z"),
+            ]),
             delete("2026-01-01T00:00:02Z"),
             update(&[("c", json!("z"), "2026-01-01T00:00:03Z")]),
         ];
         assert_eq!(fold(&events), fold(&events));
         let s = fold(&events);
-        assert_eq!(s.data, json!({"a": 2, "b": 1, "c": "z"}).as_object().cloned().unwrap());
+        assert_eq!(
+            s.data,
+            json!({"a": 2, "b": 1, "c": "z"})
+                .as_object()
+                .cloned()
+                .unwrap()
+        );
     }
 }

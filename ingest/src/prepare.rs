@@ -39,7 +39,10 @@ pub struct PreparedEvent {
 }
 
 /// Turns a validated batch into events. Fails whole: one refused change refuses all.
-pub fn prepare_batch(ctx: PushContext<'_>, changes: Vec<ClientChange>) -> Result<Vec<PreparedEvent>, RejectedBatch> {
+pub fn prepare_batch(
+    ctx: PushContext<'_>,
+    changes: Vec<ClientChange>,
+) -> Result<Vec<PreparedEvent>, RejectedBatch> {
     let received_at = truncate_micros(ctx.received_at);
     changes
         .into_iter()
@@ -66,14 +69,24 @@ fn prepare_one(
     }
     let clamp = |t: DateTime<Utc>| clamp_to_receipt(truncate_micros(t), received_at);
     let at = match change.op {
-        Op::Insert => Some(clamp(insert_time(change.data.as_ref()).unwrap_or(received_at))),
+        Op::Insert => Some(clamp(
+            insert_time(change.data.as_ref()).unwrap_or(received_at),
+        )),
         Op::Delete => Some(clamp(change.deleted_at.unwrap_or(received_at))),
         Op::Update => None,
     };
     let fields = change.fields.map(|fields| {
         fields
             .into_iter()
-            .map(|(name, (value, t))| (name, FieldValue { value, at: clamp(t) }))
+            .map(|(name, (value, t))| {
+                (
+                    name,
+                    FieldValue {
+                        value,
+                        at: clamp(t),
+                    },
+                )
+            })
             .collect::<BTreeMap<_, _>>()
     });
     let event_id = event_id(ctx, &change.raw);
@@ -144,7 +157,12 @@ mod tests {
     use serde_json::json;
 
     fn ctx<'a>(access: &'a Access, received_at: DateTime<Utc>) -> PushContext<'a> {
-        PushContext { access, app_id: "todo", client_id: "c1", received_at }
+        PushContext {
+            access,
+            app_id: "todo",
+            client_id: "c1",
+            received_at,
+        }
     }
 
     fn changes(v: Value) -> Vec<ClientChange> {
@@ -162,14 +180,22 @@ mod tests {
     fn resent_change_gets_the_same_event_id_regardless_of_key_order() {
         let alice = Access::personal_only("alice");
         let now = Utc::now();
-        let a = prepare_batch(ctx(&alice, now), changes(json!([{"table": "t", "id": "1", "op": "insert", "data": {"a": 1, "b": 2}}]))).unwrap();
+        let a = prepare_batch(
+            ctx(&alice, now),
+            changes(json!([{"table": "t", "id": "1", "op": "insert", "data": {"a": 1, "b": 2}}])),
+        )
+        .unwrap();
         let b = prepare_batch(
             ctx(&alice, now + TimeDelta::seconds(3)),
             changes(json!([{"op": "insert", "data": {"b": 2, "a": 1}, "id": "1", "table": "t"}])),
         )
         .unwrap();
         assert_eq!(a[0].msg_id, b[0].msg_id);
-        let c = prepare_batch(ctx(&alice, now), changes(json!([{"table": "t", "id": "1", "op": "insert", "data": {"a": 2}}]))).unwrap();
+        let c = prepare_batch(
+            ctx(&alice, now),
+            changes(json!([{"table": "t", "id": "1", "op": "insert", "data": {"a": 2}}])),
+        )
+        .unwrap();
         assert_ne!(a[0].msg_id, c[0].msg_id);
     }
 
@@ -187,7 +213,10 @@ mod tests {
         .unwrap();
         let fields = record(&events[0]).fields.as_ref().unwrap();
         assert_eq!(fields["far"].at, now);
-        assert_eq!(fields["near"].at, parse_instant("2026-05-01T12:04:00Z").unwrap());
+        assert_eq!(
+            fields["near"].at,
+            parse_instant("2026-05-01T12:04:00Z").unwrap()
+        );
     }
 
     #[test]
@@ -202,7 +231,10 @@ mod tests {
             ])),
         )
         .unwrap();
-        assert!(ok.iter().all(|e| record(e).space_id == alice.personal_space()));
+        assert!(
+            ok.iter()
+                .all(|e| record(e).space_id == alice.personal_space())
+        );
         assert!(ok[0].subject.starts_with("sync."));
 
         for space in ["_personal:bob", "some-shared-space"] {
@@ -214,7 +246,10 @@ mod tests {
                 ])),
             )
             .unwrap_err();
-            assert!(matches!(err, RejectedBatch::Forbidden { index: Some(1), .. }), "{space}");
+            assert!(
+                matches!(err, RejectedBatch::Forbidden { index: Some(1), .. }),
+                "{space}"
+            );
         }
     }
 

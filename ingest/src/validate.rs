@@ -76,7 +76,11 @@ pub fn parse_push_request(body: &[u8]) -> Result<PushRequest, RejectedBatch> {
         .enumerate()
         .map(|(i, raw)| parse_change(i, raw))
         .collect::<Result<_, _>>()?;
-    Ok(PushRequest { client_id, since, changes })
+    Ok(PushRequest {
+        client_id,
+        since,
+        changes,
+    })
 }
 
 fn parse_change(i: usize, raw: Value) -> Result<ClientChange, RejectedBatch> {
@@ -88,7 +92,9 @@ fn parse_change(i: usize, raw: Value) -> Result<ClientChange, RejectedBatch> {
     let id = required_id(obj, "id").map_err(bad)?;
     let op = match obj.get("op") {
         Some(Value::String(s)) => Op::parse(s).ok_or_else(|| {
-            bad(format!("unknown op {s:?} (expected insert, update or delete)"))
+            bad(format!(
+                "unknown op {s:?} (expected insert, update or delete)"
+            ))
         })?,
         Some(_) => return Err(bad("`op` must be a string".into())),
         None => return Err(bad("`op` is missing".into())),
@@ -108,7 +114,8 @@ fn parse_change(i: usize, raw: Value) -> Result<ClientChange, RejectedBatch> {
     let deleted_at = match obj.get("deletedAt") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(
-            parse_instant(s).ok_or_else(|| bad(format!("`deletedAt` {s:?} is not an ISO-8601 timestamp")))?,
+            parse_instant(s)
+                .ok_or_else(|| bad(format!("`deletedAt` {s:?} is not an ISO-8601 timestamp")))?,
         ),
         Some(_) => return Err(bad("`deletedAt` must be a string".into())),
     };
@@ -138,11 +145,15 @@ fn parse_change(i: usize, raw: Value) -> Result<ClientChange, RejectedBatch> {
     })
 }
 
-fn parse_fields(m: &Map<String, Value>) -> Result<BTreeMap<String, (Value, DateTime<Utc>)>, String> {
+fn parse_fields(
+    m: &Map<String, Value>,
+) -> Result<BTreeMap<String, (Value, DateTime<Utc>)>, String> {
     m.iter()
         .map(|(name, v)| {
             let Value::Object(f) = v else {
-                return Err(format!("field {name:?} must be an object with `value` and `at`"));
+                return Err(format!(
+                    "field {name:?} must be an object with `value` and `at`"
+                ));
             };
             let value = f
                 .get("value")
@@ -151,7 +162,11 @@ fn parse_fields(m: &Map<String, Value>) -> Result<BTreeMap<String, (Value, DateT
             let stamp = match f.get("at").or_else(|| f.get("updatedAt")) {
                 Some(Value::String(s)) => s,
                 Some(_) => return Err(format!("field {name:?}: `at` must be a string")),
-                None => return Err(format!("field {name:?} has no `at` (or legacy `updatedAt`)")),
+                None => {
+                    return Err(format!(
+                        "field {name:?} has no `at` (or legacy `updatedAt`)"
+                    ));
+                }
             };
             let at = parse_instant(stamp)
                 .ok_or_else(|| format!("field {name:?}: {stamp:?} is not an ISO-8601 timestamp"))?;
@@ -171,11 +186,18 @@ fn space_of(
         .get("spaceId")
         .filter(|v| !v.is_null())
         .or_else(|| data.and_then(|d| d.get("spaceId")).filter(|v| !v.is_null()))
-        .or_else(|| fields.and_then(|f| f.get("spaceId")).map(|(v, _)| v).filter(|v| !v.is_null()));
+        .or_else(|| {
+            fields
+                .and_then(|f| f.get("spaceId"))
+                .map(|(v, _)| v)
+                .filter(|v| !v.is_null())
+        });
     match found {
         None => Ok(None),
         Some(Value::String(s)) => {
-            if s.strip_prefix(schemas::space::PERSONAL_SENTINEL_PREFIX).is_none() {
+            if s.strip_prefix(schemas::space::PERSONAL_SENTINEL_PREFIX)
+                .is_none()
+            {
                 validate_id("spaceId", s)?;
             }
             Ok(Some(s.clone()))
@@ -196,11 +218,18 @@ fn required_id(obj: &Map<String, Value>, key: &str) -> Result<String, String> {
     }
 }
 
-fn optional_string(obj: &Map<String, Value>, key: &str, index: Option<usize>) -> Result<Option<String>, RejectedBatch> {
+fn optional_string(
+    obj: &Map<String, Value>,
+    key: &str,
+    index: Option<usize>,
+) -> Result<Option<String>, RejectedBatch> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(RejectedBatch::invalid(index, format!("`{key}` must be a string"))),
+        Some(_) => Err(RejectedBatch::invalid(
+            index,
+            format!("`{key}` must be a string"),
+        )),
     }
 }
 
@@ -212,10 +241,15 @@ fn schema_version(v: Option<&Value>, index: Option<usize>) -> Result<u32, Reject
             Some(v) if (1..=u64::from(MAX_SCHEMA_VERSION)).contains(&v) => Ok(v as u32),
             _ => Err(RejectedBatch::invalid(
                 index,
-                format!("{prefix}unsupported schemaVersion {n} (this server supports 1 to {MAX_SCHEMA_VERSION})"),
+                format!(
+                    "{prefix}unsupported schemaVersion {n} (this server supports 1 to {MAX_SCHEMA_VERSION})"
+                ),
             )),
         },
-        Some(_) => Err(RejectedBatch::invalid(index, format!("{prefix}`schemaVersion` must be an integer"))),
+        Some(_) => Err(RejectedBatch::invalid(
+            index,
+            format!("{prefix}`schemaVersion` must be an integer"),
+        )),
     }
 }
 
@@ -301,7 +335,15 @@ mod tests {
         ]}))
         .unwrap();
         let spaces: Vec<_> = req.changes.iter().map(|c| c.space_id.as_deref()).collect();
-        assert_eq!(spaces, [Some("top"), Some("inner"), Some("f"), Some("_personal:some.user@x")]);
+        assert_eq!(
+            spaces,
+            [
+                Some("top"),
+                Some("inner"),
+                Some("f"),
+                Some("_personal:some.user@x")
+            ]
+        );
     }
 
     #[test]

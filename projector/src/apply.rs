@@ -10,8 +10,7 @@ use schemas::{Envelope, Event, RecordChanged, subject::change_subject, time};
 use serde_json::{Map, Value};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-/// Channel on which every committed checkpoint is announced (`<name>:<seq>`).
-pub const CHECKPOINT_CHANNEL: &str = "projector_checkpoint";
+pub use schemas::projection::CHECKPOINT_CHANNEL;
 
 /// One message of the log as delivered.
 #[derive(Debug, Clone)]
@@ -40,7 +39,11 @@ impl From<sqlx::Error> for ApplyError {
             .as_database_error()
             .and_then(|d| d.code())
             .is_some_and(|code| code.starts_with("22") || code.starts_with("23"));
-        if refused { Self::Refused(e) } else { Self::Transient(e) }
+        if refused {
+            Self::Refused(e)
+        } else {
+            Self::Transient(e)
+        }
     }
 }
 
@@ -57,10 +60,12 @@ pub struct Applied {
 
 /// Makes sure the checkpoint row exists and returns its position.
 pub async fn checkpoint(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
-    sqlx::query("INSERT INTO projector_checkpoints (name, last_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING")
-        .bind(name)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO projector_checkpoints (name, last_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(name)
+    .execute(pool)
+    .await?;
     let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1")
         .bind(name)
         .fetch_one(pool)
@@ -71,52 +76,82 @@ pub async fn checkpoint(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
 /// Applies `batch` (in log order) exactly once in effect: messages at or below the
 /// checkpoint are skipped, events already in the change log (same sequence or same
 /// event id) are not applied again.
-pub async fn apply_batch(pool: &PgPool, name: &str, batch: &[Incoming]) -> Result<Applied, ApplyError> {
+pub async fn apply_batch(
+    pool: &PgPool,
+    name: &str,
+    batch: &[Incoming],
+) -> Result<Applied, ApplyError> {
     apply(pool, name, batch, None).await
 }
 
 /// Parks one message with `reason` and moves the checkpoint past it.
-pub async fn park(pool: &PgPool, name: &str, msg: &Incoming, reason: &str) -> Result<Applied, ApplyError> {
+pub async fn park(
+    pool: &PgPool,
+    name: &str,
+    msg: &Incoming,
+    reason: &str,
+) -> Result<Applied, ApplyError> {
     apply(pool, name, std::slice::from_ref(msg), Some(reason)).await
 }
 
-async fn apply(pool: &PgPool, name: &str, batch: &[Incoming], force_park: Option<&str>) -> Result<Applied, ApplyError> {
+async fn apply(
+    pool: &PgPool,
+    name: &str,
+    batch: &[Incoming],
+    force_park: Option<&str>,
+) -> Result<Applied, ApplyError> {
     let mut tx = pool.begin().await?;
-    let last: i64 = sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1 FOR UPDATE")
-        .bind(name)
-        .fetch_one(&mut *tx)
-        .await?;
+    let last: i64 =
+        sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
     let fresh: Vec<&Incoming> = batch.iter().filter(|m| m.seq as i64 > last).collect();
     let Some(top) = fresh.last().map(|m| m.seq) else {
-        return Ok(Applied { checkpoint: last as u64, ..Applied::default() });
+        return Ok(Applied {
+            checkpoint: last as u64,
+            ..Applied::default()
+        });
     };
 
     let mut changes = Vec::with_capacity(fresh.len());
     let mut poison = Vec::new();
     for msg in fresh {
-        match force_park.map(str::to_owned).map_or_else(|| decode(msg), Err) {
+        match force_park
+            .map(str::to_owned)
+            .map_or_else(|| decode(msg), Err)
+        {
             Ok(env) => changes.push((msg, env)),
             Err(reason) => poison.push((msg, reason)),
         }
     }
 
     let inserted = insert_change_log(&mut tx, &changes).await?;
-    let applied: Vec<_> = changes.iter().filter(|(m, _)| inserted.contains(&m.seq)).collect();
+    let applied: Vec<_> = changes
+        .iter()
+        .filter(|(m, _)| inserted.contains(&m.seq))
+        .collect();
     merge_records(&mut tx, &applied).await?;
     park_all(&mut tx, &poison).await?;
 
-    sqlx::query("UPDATE projector_checkpoints SET last_seq = $2, updated_at = now() WHERE name = $1")
-        .bind(name)
-        .bind(top as i64)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE projector_checkpoints SET last_seq = $2, updated_at = now() WHERE name = $1",
+    )
+    .bind(name)
+    .bind(top as i64)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHECKPOINT_CHANNEL)
         .bind(format!("{name}:{top}"))
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Applied { checkpoint: top, events: applied.len(), parked: poison.len() })
+    Ok(Applied {
+        checkpoint: top,
+        events: applied.len(),
+        parked: poison.len(),
+    })
 }
 
 /// A message's event, or why it cannot be one.
@@ -127,7 +162,10 @@ fn decode(msg: &Incoming) -> Result<(Envelope, RecordChanged), String> {
     let expected = change_subject(&rc.space_id, &rc.app_id, &rc.table);
     if msg.subject != expected {
         // A publisher allowed on one space's subjects must not write into another.
-        return Err(format!("event for {expected} was published on {}", msg.subject));
+        return Err(format!(
+            "event for {expected} was published on {}",
+            msg.subject
+        ));
     }
     let rc = rc.clone();
     Ok((env, rc))
@@ -135,19 +173,39 @@ fn decode(msg: &Incoming) -> Result<(Envelope, RecordChanged), String> {
 
 type Decoded<'a> = (&'a Incoming, (Envelope, RecordChanged));
 
-async fn insert_change_log(tx: &mut Transaction<'_, Postgres>, changes: &[Decoded<'_>]) -> Result<Vec<u64>, sqlx::Error> {
+async fn insert_change_log(
+    tx: &mut Transaction<'_, Postgres>,
+    changes: &[Decoded<'_>],
+) -> Result<Vec<u64>, sqlx::Error> {
     if changes.is_empty() {
         return Ok(Vec::new());
     }
     let n = changes.len();
     let mut seq = Vec::with_capacity(n);
     let mut event_id = Vec::with_capacity(n);
-    let (mut app, mut space, mut table, mut record, mut op) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut at, mut data, mut fields) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut user, mut client, mut actor, mut origin) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut version, mut received, mut logged) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut app, mut space, mut table, mut record, mut op) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut at, mut data, mut fields) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut user, mut client, mut actor, mut origin) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut version, mut received, mut logged) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for (msg, (env, rc)) in changes {
         seq.push(msg.seq as i64);
         event_id.push(env.event_id);
@@ -161,7 +219,12 @@ async fn insert_change_log(tx: &mut Transaction<'_, Postgres>, changes: &[Decode
         fields.push(rc.fields.as_ref().map(|f| {
             Value::Object(
                 f.iter()
-                    .map(|(k, v)| (k.clone(), serde_json::json!({"value": v.value, "at": time::canonical(v.at)})))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            serde_json::json!({"value": v.value, "at": time::canonical(v.at)}),
+                        )
+                    })
                     .collect(),
             )
         }));
@@ -212,24 +275,44 @@ struct Pending {
     updated_seq: i64,
 }
 
-async fn merge_records(tx: &mut Transaction<'_, Postgres>, applied: &[&Decoded<'_>]) -> Result<(), sqlx::Error> {
+async fn merge_records(
+    tx: &mut Transaction<'_, Postgres>,
+    applied: &[&Decoded<'_>],
+) -> Result<(), sqlx::Error> {
     if applied.is_empty() {
         return Ok(());
     }
-    let key_of = |rc: &RecordChanged| (rc.space_id.clone(), rc.app_id.clone(), rc.table.clone(), rc.record_id.clone());
+    let key_of = |rc: &RecordChanged| {
+        (
+            rc.space_id.clone(),
+            rc.app_id.clone(),
+            rc.table.clone(),
+            rc.record_id.clone(),
+        )
+    };
     let mut order: Vec<Key> = Vec::new();
     let mut rows: HashMap<Key, Pending> = HashMap::new();
     for (_, (_, rc)) in applied {
         let key = key_of(rc);
         if !rows.contains_key(&key) {
-            rows.insert(key.clone(), Pending { state: RecordState::default(), author: String::new(), created_seq: 0, updated_seq: 0 });
+            rows.insert(
+                key.clone(),
+                Pending {
+                    state: RecordState::default(),
+                    author: String::new(),
+                    created_seq: 0,
+                    updated_seq: 0,
+                },
+            );
             order.push(key);
         }
     }
     load_existing(tx, &order, &mut rows).await?;
 
     for (msg, (env, rc)) in applied {
-        let row = rows.get_mut(&key_of(rc)).expect("every key was inserted above");
+        let row = rows
+            .get_mut(&key_of(rc))
+            .expect("every key was inserted above");
         if row.created_seq == 0 {
             row.created_seq = msg.seq as i64;
             row.author = env.metadata.user_id.clone();
@@ -239,9 +322,23 @@ async fn merge_records(tx: &mut Transaction<'_, Postgres>, applied: &[&Decoded<'
     }
 
     let n = order.len();
-    let (mut space, mut app, mut table, mut record) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut data, mut field_at, mut exists_at, mut deleted_at) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut author, mut created, mut updated) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut space, mut app, mut table, mut record) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut data, mut field_at, mut exists_at, mut deleted_at) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut author, mut created, mut updated) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for key in &order {
         let row = &rows[key];
         space.push(key.0.as_str());
@@ -250,7 +347,11 @@ async fn merge_records(tx: &mut Transaction<'_, Postgres>, applied: &[&Decoded<'
         record.push(key.3.as_str());
         data.push(Value::Object(row.state.data.clone()));
         field_at.push(Value::Object(
-            row.state.field_at.iter().map(|(k, t)| (k.clone(), Value::from(time::canonical(*t)))).collect(),
+            row.state
+                .field_at
+                .iter()
+                .map(|(k, t)| (k.clone(), Value::from(time::canonical(*t))))
+                .collect(),
         ));
         exists_at.push(row.state.exists_at);
         deleted_at.push(row.state.deleted_at);
@@ -283,7 +384,11 @@ async fn merge_records(tx: &mut Transaction<'_, Postgres>, applied: &[&Decoded<'
     Ok(())
 }
 
-async fn load_existing(tx: &mut Transaction<'_, Postgres>, keys: &[Key], rows: &mut HashMap<Key, Pending>) -> Result<(), sqlx::Error> {
+async fn load_existing(
+    tx: &mut Transaction<'_, Postgres>,
+    keys: &[Key],
+    rows: &mut HashMap<Key, Pending>,
+) -> Result<(), sqlx::Error> {
     let cols: [Vec<&str>; 4] = [
         keys.iter().map(|k| k.0.as_str()).collect(),
         keys.iter().map(|k| k.1.as_str()).collect(),
@@ -317,7 +422,15 @@ async fn load_existing(tx: &mut Transaction<'_, Postgres>, keys: &[Key], rows: &
             exists_at: r.get(6),
             deleted_at: r.get(7),
         };
-        rows.insert(key, Pending { state, author: r.get(8), created_seq: r.get(9), updated_seq: r.get(10) });
+        rows.insert(
+            key,
+            Pending {
+                state,
+                author: r.get(8),
+                created_seq: r.get(9),
+                updated_seq: r.get(10),
+            },
+        );
     }
     Ok(())
 }
@@ -329,7 +442,10 @@ fn into_map(v: Value) -> Map<String, Value> {
     }
 }
 
-async fn park_all(tx: &mut Transaction<'_, Postgres>, poison: &[(&Incoming, String)]) -> Result<(), sqlx::Error> {
+async fn park_all(
+    tx: &mut Transaction<'_, Postgres>,
+    poison: &[(&Incoming, String)],
+) -> Result<(), sqlx::Error> {
     for (msg, reason) in poison {
         tracing::warn!(seq = msg.seq, subject = %msg.subject, %reason, "parking poison message");
         sqlx::query("INSERT INTO dead_letters (seq, subject, payload, reason) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")

@@ -8,7 +8,11 @@ pub struct Config {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// PostgreSQL URL of a role that owns the projection tables.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://sync@127.0.0.1:54329/sync")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://sync@127.0.0.1:54329/sync"
+    )]
     pub database_url: String,
     /// Name of the JetStream stream holding the log.
     #[arg(long, env = "SYNC_STREAM", default_value = schemas::stream::DEFAULT_STREAM)]

@@ -52,7 +52,9 @@ pub(crate) async fn open(
             deliver_policy: if checkpoint == 0 {
                 DeliverPolicy::All
             } else {
-                DeliverPolicy::ByStartSequence { start_sequence: checkpoint + 1 }
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: checkpoint + 1,
+                }
             },
             // One ack per committed batch acknowledges everything up to it.
             ack_policy: AckPolicy::All,
@@ -71,11 +73,17 @@ pub(crate) async fn open(
 }
 
 /// Applies one delivered batch; poison is isolated message by message and parked.
-pub(crate) async fn process(pool: &PgPool, name: &str, msgs: &[jetstream::Message]) -> anyhow::Result<u64> {
+pub(crate) async fn process(
+    pool: &PgPool,
+    name: &str,
+    msgs: &[jetstream::Message],
+) -> anyhow::Result<u64> {
     let batch: Vec<Incoming> = msgs
         .iter()
         .map(|m| {
-            let info = m.info().map_err(|e| anyhow::anyhow!("message without JetStream info: {e}"))?;
+            let info = m
+                .info()
+                .map_err(|e| anyhow::anyhow!("message without JetStream info: {e}"))?;
             Ok(Incoming {
                 seq: info.stream_sequence,
                 subject: m.subject.to_string(),
@@ -92,7 +100,11 @@ pub(crate) async fn process(pool: &PgPool, name: &str, msgs: &[jetstream::Messag
             for msg in &batch {
                 checkpoint = match apply::apply_batch(pool, name, std::slice::from_ref(msg)).await {
                     Ok(applied) => applied.checkpoint,
-                    Err(ApplyError::Refused(e)) => apply::park(pool, name, msg, &e.to_string()).await?.checkpoint,
+                    Err(ApplyError::Refused(e)) => {
+                        apply::park(pool, name, msg, &e.to_string())
+                            .await?
+                            .checkpoint
+                    }
                     Err(e) => return Err(e.into()),
                 };
             }

@@ -21,7 +21,10 @@ pub use config::Config;
 
 /// Applies the SQL migrations under `migrations/`.
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
-    let pool = PgPoolOptions::new().max_connections(1).connect(database_url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(database_url)
+        .await?;
     sqlx::migrate!("../migrations").run(&pool).await?;
     Ok(())
 }
@@ -60,7 +63,10 @@ impl Projector {
             .connect(&config.database_url)
             .await
             .context("connecting to PostgreSQL")?;
-        sqlx::migrate!("../migrations").run(&pool).await.context("applying migrations")?;
+        sqlx::migrate!("../migrations")
+            .run(&pool)
+            .await
+            .context("applying migrations")?;
         let client = async_nats::ConnectOptions::new()
             .name(format!("projector:{}", config.name))
             .retry_on_initial_connect()
@@ -68,9 +74,12 @@ impl Projector {
             .await
             .context("connecting to NATS")?;
         let js = jetstream::new(client);
-        js.get_or_create_stream(schemas::stream::stream_config(&config.stream, config.stream_replicas))
-            .await
-            .context("creating the log stream")?;
+        js.get_or_create_stream(schemas::stream::stream_config(
+            &config.stream,
+            config.stream_replicas,
+        ))
+        .await
+        .context("creating the log stream")?;
         Ok(Self { config, pool, js })
     }
 
@@ -91,7 +100,9 @@ impl Projector {
         loop {
             match self.consume(&mut shutdown).await {
                 Ok(()) => return Ok(()),
-                Err(e) => tracing::warn!(error.cause_chain = ?e, ?backoff, "projector failed; rebuilding the consumer"),
+                Err(e) => {
+                    tracing::warn!(error.cause_chain = ?e, ?backoff, "projector failed; rebuilding the consumer")
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
@@ -101,11 +112,20 @@ impl Projector {
         }
     }
 
-    async fn consume(&self, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> anyhow::Result<()> {
+    async fn consume(
+        &self,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> anyhow::Result<()> {
         let name = &self.config.name;
         let checkpoint = apply::checkpoint(&self.pool, name).await?;
-        let mut messages =
-            consumer::open(&self.js, &self.config.stream, name, checkpoint, self.config.batch_size).await?;
+        let mut messages = consumer::open(
+            &self.js,
+            &self.config.stream,
+            name,
+            checkpoint,
+            self.config.batch_size,
+        )
+        .await?;
         tracing::info!(checkpoint, "projector consuming");
         loop {
             let batch = tokio::select! {

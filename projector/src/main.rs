@@ -29,7 +29,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => projector::migrate(&cli.config.database_url).await,
         Command::Run => {
             let projector = Projector::build(cli.config).await?;
-            projector.run_until_stopped(projector::shutdown_signal()).await
+            projector
+                .run_until_stopped(projector::shutdown_signal())
+                .await
         }
     }
 }

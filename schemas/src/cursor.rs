@@ -76,10 +76,27 @@ mod tests {
 
     #[test]
     fn string_order_is_log_order() {
-        let seqs = [0u64, 1, 9, 10, 15, 16, 255, 256, 4095, 1 << 20, 1 << 33, u64::MAX];
+        let seqs = [
+            0u64,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            4095,
+            1 << 20,
+            1 << 33,
+            u64::MAX,
+        ];
         for a in seqs {
             for b in seqs {
-                assert_eq!(a.cmp(&b), Cursor(a).encode().cmp(&Cursor(b).encode()), "{a} vs {b}");
+                assert_eq!(
+                    a.cmp(&b),
+                    Cursor(a).encode().cmp(&Cursor(b).encode()),
+                    "{a} vs {b}"
+                );
             }
         }
     }
@@ -108,7 +125,10 @@ mod tests {
     fn since_accepts_cursor_timestamp_and_empty() {
         assert_eq!(Since::parse(None), Ok(Since::Start));
         assert_eq!(Since::parse(Some("")), Ok(Since::Start));
-        assert_eq!(Since::parse(Some(&Cursor(7).encode())), Ok(Since::After(Cursor(7))));
+        assert_eq!(
+            Since::parse(Some(&Cursor(7).encode())),
+            Ok(Since::After(Cursor(7)))
+        );
         assert!(matches!(
             Since::parse(Some("1970-01-01T00:00:00.000Z")),
             Ok(Since::Timestamp(_))
@@ -117,7 +137,14 @@ mod tests {
 
     #[test]
     fn since_rejects_garbage() {
-        for raw in ["garbage", "s123", "sZZZZZZZZZZZZZZZZ", "S000000000000000a", "-1", "2026-13-45"] {
+        for raw in [
+            "garbage",
+            "s123",
+            "sZZZZZZZZZZZZZZZZ",
+            "S000000000000000a",
+            "-1",
+            "2026-13-45",
+        ] {
             assert_eq!(Since::parse(Some(raw)), Err(CursorError), "{raw}");
         }
     }

@@ -130,7 +130,10 @@ mod tests {
                 data: None,
                 fields: Some(BTreeMap::from([(
                     "title".to_owned(),
-                    FieldValue { value: Value::from("x"), at: DateTime::UNIX_EPOCH },
+                    FieldValue {
+                        value: Value::from("x"),
+                        at: DateTime::UNIX_EPOCH,
+                    },
                 )])),
                 client_schema_version: 1,
             }),

@@ -3,6 +3,7 @@
 
 pub mod cursor;
 pub mod event;
+pub mod projection;
 pub mod space;
 pub mod stream;
 pub mod subject;

@@ -19,7 +19,10 @@ pub const MAX_EVENT_BYTES: i32 = 8 * 1024 * 1024;
 pub fn stream_config(name: &str, replicas: usize) -> Config {
     Config {
         name: name.to_owned(),
-        subjects: crate::subject::STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
+        subjects: crate::subject::STREAM_SUBJECTS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
         storage: StorageType::File,
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::New,

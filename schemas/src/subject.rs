@@ -86,7 +86,18 @@ mod tests {
 
     #[test]
     fn hostile_tokens_stay_one_token() {
-        for raw in ["a.b", "*", ">", "a b", "", "tab\there", "~", "x~41", "ünï", "a.>"] {
+        for raw in [
+            "a.b",
+            "*",
+            ">",
+            "a b",
+            "",
+            "tab\there",
+            "~",
+            "x~41",
+            "ünï",
+            "a.>",
+        ] {
             let token = escape_token(raw);
             assert!(!token.is_empty());
             assert!(
@@ -102,7 +113,8 @@ mod tests {
     #[test]
     fn escape_is_injective_on_lookalikes() {
         let inputs = ["a.b", "a~2Eb", "a_b", "a-b", "a b", ""];
-        let escaped: std::collections::HashSet<_> = inputs.iter().map(|s| escape_token(s)).collect();
+        let escaped: std::collections::HashSet<_> =
+            inputs.iter().map(|s| escape_token(s)).collect();
         assert_eq!(escaped.len(), inputs.len());
     }
 

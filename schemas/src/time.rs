@@ -25,7 +25,11 @@ pub fn parse_instant(raw: &str) -> Option<DateTime<Utc>> {
             return Some(t.with_timezone(&Utc));
         }
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(raw, fmt) {
             return Some(t.and_utc());
         }
@@ -91,7 +95,14 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected() {
-        for raw in ["", "yesterday", "2026-13-01T00:00:00Z", "12345", "2026-05-01Tnoon", "+2026-05-01"] {
+        for raw in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "12345",
+            "2026-05-01Tnoon",
+            "+2026-05-01",
+        ] {
             assert_eq!(parse_instant(raw), None, "{raw}");
         }
     }
@@ -99,11 +110,26 @@ mod tests {
     #[test]
     fn future_timestamps_are_clamped_to_receipt() {
         let received = at("2026-05-01T12:00:00Z");
-        assert_eq!(clamp_to_receipt(at("2026-05-01T12:04:59Z"), received), at("2026-05-01T12:04:59Z"));
-        assert_eq!(clamp_to_receipt(at("2026-05-01T12:05:00Z"), received), at("2026-05-01T12:05:00Z"));
-        assert_eq!(clamp_to_receipt(at("2026-05-01T12:05:01Z"), received), received);
-        assert_eq!(clamp_to_receipt(at("2099-01-01T00:00:00Z"), received), received);
-        assert_eq!(clamp_to_receipt(at("2001-01-01T00:00:00Z"), received), at("2001-01-01T00:00:00Z"));
+        assert_eq!(
+            clamp_to_receipt(at("2026-05-01T12:04:59Z"), received),
+            at("2026-05-01T12:04:59Z")
+        );
+        assert_eq!(
+            clamp_to_receipt(at("2026-05-01T12:05:00Z"), received),
+            at("2026-05-01T12:05:00Z")
+        );
+        assert_eq!(
+            clamp_to_receipt(at("2026-05-01T12:05:01Z"), received),
+            received
+        );
+        assert_eq!(
+            clamp_to_receipt(at("2099-01-01T00:00:00Z"), received),
+            received
+        );
+        assert_eq!(
+            clamp_to_receipt(at("2001-01-01T00:00:00Z"), received),
+            at("2001-01-01T00:00:00Z")
+        );
     }
 
     #[test]

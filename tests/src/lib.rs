@@ -1,1 +1,271 @@
-//! placeholder
+//! Test harness: a real nats-server per test (own port, own store directory, killed on
+//! drop), a fresh PostgreSQL database per test, the projector and the gateway started
+//! in-process against them, and a small HTTP client speaking the sync protocol.
+
+mod db;
+mod nats;
+mod wait;
+
+use std::{sync::Once, time::Duration};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub use db::TestDb;
+pub use nats::TestNats;
+pub use wait::eventually;
+
+/// HS256 secret of every test gateway.
+pub const SECRET: &str = "test-secret";
+
+/// Logs go to stderr only when `TEST_LOG` is set.
+pub fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            projector::telemetry::init();
+        }
+    });
+}
+
+/// A projector running in this process.
+pub struct RunningProjector {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningProjector {
+    pub async fn start(config: projector::Config) -> Self {
+        let projector = projector::Projector::build(config)
+            .await
+            .expect("projector builds");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(projector.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops it cleanly (the batch in flight is finished).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningProjector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Projector configuration for a test stack.
+pub fn projector_config(nats: &TestNats, db: &TestDb, name: &str) -> projector::Config {
+    projector::Config {
+        nats_url: nats.url(),
+        database_url: db.url.clone(),
+        stream: schemas::stream::DEFAULT_STREAM.to_owned(),
+        stream_replicas: 1,
+        name: name.to_owned(),
+        batch_size: 1000,
+    }
+}
+
+/// Gateway configuration for a test stack (port 0, HS256 secret).
+pub fn gateway_config(nats: &TestNats, db: &TestDb) -> gateway::Config {
+    gateway::Config {
+        listen: "127.0.0.1:0".parse().expect("literal address"),
+        nats_url: nats.url(),
+        database_url: db.url.clone(),
+        stream: schemas::stream::DEFAULT_STREAM.to_owned(),
+        stream_replicas: 1,
+        projector_name: schemas::projection::DEFAULT_PROJECTOR.to_owned(),
+        jwt_hs256_secret: Some(gateway::config::Secret(SECRET.to_owned())),
+        jwks_url: None,
+        jwt_issuer: None,
+        jwt_audience: None,
+        read_your_writes_timeout_ms: 10_000,
+        publish_timeout_ms: 2_000,
+    }
+}
+
+/// A gateway running in this process.
+pub struct RunningGateway {
+    pub base: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningGateway {
+    pub async fn start(config: gateway::Config) -> Self {
+        let app = gateway::App::build(config).await.expect("gateway builds");
+        let base = format!("http://{}", app.local_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            base,
+            stop: Some(stop),
+            task,
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// The whole stack: nats-server, a database, the projector and the gateway.
+pub struct TestApp {
+    pub nats: TestNats,
+    pub db: TestDb,
+    pub projector: Option<RunningProjector>,
+    pub gateway: RunningGateway,
+    pub http: reqwest::Client,
+}
+
+/// A response: status and JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        init_logging();
+        let nats = TestNats::start().await;
+        let db = TestDb::create().await;
+        let projector = RunningProjector::start(projector_config(
+            &nats,
+            &db,
+            schemas::projection::DEFAULT_PROJECTOR,
+        ))
+        .await;
+        let gateway = RunningGateway::start(gateway_config(&nats, &db)).await;
+        Self {
+            nats,
+            db,
+            projector: Some(projector),
+            gateway,
+            http: http_client(),
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        gateway::auth::mint_dev_token(SECRET, user, Duration::from_secs(3600)).expect("token mints")
+    }
+
+    /// `POST /sync/{app}` as `user` from `client`.
+    pub async fn push(&self, user: &str, client: &str, app: &str, body: &Value) -> Reply {
+        let req = self
+            .http
+            .post(format!("{}/sync/{app}", self.gateway.base))
+            .bearer_auth(self.token(user))
+            .header("x-client-id", client)
+            .json(body);
+        send(req).await
+    }
+
+    /// `GET /sync/{app}/pull?collection=&since=` as `user` from `client`.
+    pub async fn pull(
+        &self,
+        user: &str,
+        client: &str,
+        app: &str,
+        table: &str,
+        since: &str,
+    ) -> Reply {
+        let req = self
+            .http
+            .get(format!("{}/sync/{app}/pull", self.gateway.base))
+            .query(&[("collection", table), ("since", since)])
+            .bearer_auth(self.token(user))
+            .header("x-client-id", client);
+        send(req).await
+    }
+
+    /// Pulls every page from `since`, returning all changes and the final cursor.
+    pub async fn pull_all(
+        &self,
+        user: &str,
+        client: &str,
+        app: &str,
+        table: &str,
+        since: &str,
+    ) -> (Vec<Value>, String) {
+        let mut cursor = since.to_owned();
+        let mut all = Vec::new();
+        loop {
+            let reply = self.pull(user, client, app, table, &cursor).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            all.extend(
+                reply.body["serverChanges"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            cursor = reply.body["syncedUntil"]
+                .as_str()
+                .expect("syncedUntil")
+                .to_owned();
+            if reply.body["hasMore"] != true {
+                return (all, cursor);
+            }
+        }
+    }
+
+    /// Messages in the log stream.
+    pub async fn stream_messages(&self) -> u64 {
+        self.nats
+            .stream_messages(schemas::stream::DEFAULT_STREAM)
+            .await
+    }
+
+    /// Waits until the projector has applied everything in the log.
+    pub async fn wait_projected(&self) {
+        let last = self.stream_messages_last_seq().await;
+        let db = &self.db;
+        eventually(Duration::from_secs(20), || async move {
+            db.checkpoint(schemas::projection::DEFAULT_PROJECTOR).await >= last
+        })
+        .await;
+    }
+
+    pub async fn stream_messages_last_seq(&self) -> u64 {
+        self.nats.last_seq(schemas::stream::DEFAULT_STREAM).await
+    }
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+pub async fn send(req: reqwest::RequestBuilder) -> Reply {
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status();
+    let text = resp.text().await.expect("body read");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("non-JSON response ({status}): {text}"));
+    Reply { status, body }
+}
+
+/// A change list body for a push.
+pub fn changes(changes: Value) -> Value {
+    serde_json::json!({ "changes": changes })
+}

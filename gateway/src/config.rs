@@ -1,0 +1,77 @@
+//! Gateway configuration, from the environment (or flags) with development defaults.
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use clap::Args;
+
+/// A secret that never shows up in logs or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// PostgreSQL URL used for reads.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://sync@127.0.0.1:54329/sync"
+    )]
+    pub database_url: String,
+    /// Name of the JetStream stream holding the log.
+    #[arg(long, env = "SYNC_STREAM", default_value = schemas::stream::DEFAULT_STREAM)]
+    pub stream: String,
+    /// Replicas of the stream when this process creates it (3 on a cluster).
+    #[arg(long, env = "SYNC_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// Name of the projector whose checkpoint bounds reads.
+    #[arg(long, env = "PROJECTOR_NAME", default_value = "projector")]
+    pub projector_name: String,
+    /// HS256 secret for development and test tokens.
+    #[arg(long, env = "JWT_HS256_SECRET")]
+    pub jwt_hs256_secret: Option<Secret>,
+    /// JWKS URL of the auth service (EdDSA tokens).
+    #[arg(long, env = "JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Longest a request waits for the projector to reach the log position current when
+    /// it arrived (read-your-writes), in milliseconds.
+    #[arg(long, env = "READ_YOUR_WRITES_TIMEOUT_MS", default_value_t = 10_000)]
+    pub read_your_writes_timeout_ms: u64,
+    /// Longest a push waits for JetStream to acknowledge its events, in milliseconds.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
+    pub publish_timeout_ms: u64,
+}
+
+impl Config {
+    pub fn read_your_writes_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_your_writes_timeout_ms)
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+}

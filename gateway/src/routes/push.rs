@@ -1,0 +1,78 @@
+//! `POST /sync/{appId}`: validate and authorize the whole batch, publish every change
+//! with acknowledgement, answer with what else changed since the client's cursor.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, State, rejection::BytesRejection},
+    http::HeaderMap,
+};
+use chrono::Utc;
+use ingest::{Access, PushContext};
+use schemas::wire::{PAGE_SIZE, SyncResponse};
+
+use crate::{AppState, auth::AuthUser, error::ApiError, routes};
+
+#[tracing::instrument(skip_all, fields(user = %user.user_id, app = %app, changes))]
+pub async fn push(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SyncResponse>, ApiError> {
+    let received_at = Utc::now();
+    let app = routes::app_id(&app)?;
+    let body = body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) => ApiError::TooLarge(format!(
+            "body is larger than {} bytes",
+            schemas::wire::MAX_BODY_BYTES
+        )),
+        other => ApiError::bad_request(other.body_text()),
+    })?;
+    let request = ingest::parse_push_request(&body)?;
+    tracing::Span::current().record("changes", request.changes.len());
+    let client_id = match routes::client_id_header(&headers)? {
+        Some(id) => id,
+        None => {
+            let id = request.client_id.clone().ok_or_else(|| {
+                ApiError::bad_request("no client id: send X-Client-Id or `clientId`")
+            })?;
+            ingest::validate_id("clientId", &id).map_err(ApiError::bad_request)?;
+            id
+        }
+    };
+    let since = schemas::Since::parse(request.since.as_deref())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    let access = Access::personal_only(&user.user_id);
+    let events = ingest::prepare_batch(
+        PushContext {
+            access: &access,
+            app_id: app,
+            client_id: &client_id,
+            received_at,
+        },
+        request.changes,
+    )?;
+
+    // The log position when the request arrived: the response must include everything
+    // acknowledged before it (our own changes are excluded from it anyway).
+    let arrived_at = state.log().last_seq().await?;
+    if !events.is_empty() {
+        state.log().publish_all(&events).await?;
+    }
+    let upto = state.wait_for_position(arrived_at).await?;
+    let response = state
+        .read_page(
+            &access,
+            app,
+            None,
+            since,
+            upto,
+            Some((&client_id, &user.user_id)),
+            PAGE_SIZE,
+        )
+        .await?;
+    Ok(Json(response))
+}

