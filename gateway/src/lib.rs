@@ -9,7 +9,6 @@ mod log;
 mod progress;
 mod routes;
 mod store;
-pub mod telemetry;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -192,4 +191,5 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-pub use projector::shutdown_signal;
+// Process plumbing shared with the projector (signals, log set-up).
+pub use projector::{shutdown_signal, telemetry};

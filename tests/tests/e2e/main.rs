@@ -1,4 +1,11 @@
 //! End-to-end tests against a real nats-server and a real PostgreSQL. One binary with
 //! one module per capability keeps link time down.
 
+mod bad_input;
+mod crash;
+mod idempotency;
+mod lww;
+mod outage;
+mod paging;
+mod poison;
 mod push_pull;

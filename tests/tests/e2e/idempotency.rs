@@ -1,0 +1,61 @@
+//! A retried push creates no new events, within JetStream's duplicate window (by
+//! message id) and beyond it (by the deterministic event id in the projection).
+
+use reqwest::StatusCode;
+use serde_json::json;
+use sync_tests::{TestApp, changes};
+
+#[tokio::test]
+async fn retried_push_does_not_duplicate_events() {
+    let app = TestApp::spawn().await;
+    let batch = changes(json!([
+        {"table": "tasks", "id": "t1", "op": "insert", "data": {"title": "a"}},
+        {"table": "tasks", "id": "t1", "op": "update", "fields": {"title": {"value": "b", "at": "2026-05-01T10:00:00Z"}}},
+        {"table": "tasks", "id": "t2", "op": "delete"},
+    ]));
+    for _ in 0..3 {
+        let reply = app.push("alice", "laptop", "todo", &batch).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    assert_eq!(app.stream_messages().await, 3);
+    app.wait_projected().await;
+    assert_eq!(app.db.count("change_log").await, 3);
+
+    // The same change from another client is another event.
+    let reply = app.push("alice", "phone", "todo", &batch).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(app.stream_messages().await, 6);
+}
+
+#[tokio::test]
+async fn a_resend_after_the_duplicate_window_is_applied_once() {
+    let app = TestApp::spawn().await;
+    let batch =
+        changes(json!([{"table": "tasks", "id": "t1", "op": "insert", "data": {"title": "a"}}]));
+    assert_eq!(
+        app.push("alice", "laptop", "todo", &batch).await.status,
+        StatusCode::OK
+    );
+    app.wait_projected().await;
+
+    // Re-publish the very event under a fresh message id, as a resend would look once
+    // JetStream has forgotten the original id.
+    let js = app.nats.jetstream().await;
+    let stream = js
+        .get_stream(schemas::stream::DEFAULT_STREAM)
+        .await
+        .unwrap();
+    let original = stream.get_raw_message(1).await.unwrap();
+    js.publish(original.subject.clone(), original.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(app.stream_messages().await, 2);
+    app.wait_projected().await;
+
+    assert_eq!(app.db.count("change_log").await, 1);
+    assert_eq!(app.db.count("dead_letters").await, 0);
+    let (seen, _) = app.pull_all("alice", "phone", "todo", "tasks", "").await;
+    assert_eq!(seen.len(), 1);
+}
