@@ -9,3 +9,4 @@ mod outage;
 mod paging;
 mod poison;
 mod push_pull;
+mod auth;
