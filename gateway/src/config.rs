@@ -26,24 +26,11 @@ pub struct Config {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// PostgreSQL URL used for reads.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://sync@127.0.0.1:54329/sync"
-    )]
-    pub database_url: String,
-    /// Name of the JetStream stream holding the log.
-    #[arg(long, env = "SYNC_STREAM", default_value = schemas::stream::DEFAULT_STREAM)]
-    pub stream: String,
-    /// Replicas of the stream when this process creates it (3 on a cluster).
-    #[arg(long, env = "SYNC_STREAM_REPLICAS", default_value_t = 1)]
-    pub stream_replicas: usize,
+    /// NATS, PostgreSQL (used for reads) and the stream.
+    #[command(flatten)]
+    pub conn: projector::Connections,
     /// Name of the projector whose checkpoint bounds reads.
-    #[arg(long, env = "PROJECTOR_NAME", default_value = "projector")]
+    #[arg(long, env = "PROJECTOR_NAME", default_value = schemas::projection::DEFAULT_PROJECTOR)]
     pub projector_name: String,
     /// HS256 secret for development and test tokens.
     #[arg(long, env = "JWT_HS256_SECRET")]

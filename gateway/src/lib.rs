@@ -129,17 +129,12 @@ impl App {
         let pool = PgPoolOptions::new()
             .max_connections(32)
             .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(&config.database_url)
+            .connect(&config.conn.database_url)
             .await
             .context("connecting to PostgreSQL")?;
-        let log = Log::connect(
-            &config.nats_url,
-            &config.stream,
-            config.stream_replicas,
-            config.publish_timeout(),
-        )
-        .await
-        .context("connecting to NATS")?;
+        let log = Log::connect(&config.conn, config.publish_timeout())
+            .await
+            .context("connecting to NATS")?;
         let progress = Progress::follow(pool.clone(), config.projector_name.clone());
         let listener = TcpListener::bind(config.listen)
             .await

@@ -22,27 +22,28 @@ pub struct Log {
 
 impl Log {
     pub async fn connect(
-        url: &str,
-        stream: &str,
-        replicas: usize,
+        conn: &projector::Connections,
         publish_timeout: Duration,
     ) -> anyhow::Result<Self> {
         let client = async_nats::ConnectOptions::new()
             .name("gateway")
             .retry_on_initial_connect()
-            .connect(url)
+            .connect(&conn.nats_url)
             .await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(publish_timeout)
             .max_ack_inflight(8192)
             .backpressure_on_inflight(true)
             .build(client.clone());
-        js.get_or_create_stream(schemas::stream::stream_config(stream, replicas))
-            .await?;
+        js.get_or_create_stream(schemas::stream::stream_config(
+            &conn.stream,
+            conn.stream_replicas,
+        ))
+        .await?;
         Ok(Self {
             client,
             js,
-            stream: stream.to_owned(),
+            stream: conn.stream.clone(),
             publish_timeout,
         })
     }

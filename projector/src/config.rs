@@ -2,12 +2,13 @@
 
 use clap::Args;
 
+/// Where the log and the database are; shared by every process of the backend.
 #[derive(Debug, Clone, Args)]
-pub struct Config {
+pub struct Connections {
     /// NATS server URL.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// PostgreSQL URL of a role that owns the projection tables.
+    /// PostgreSQL URL.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -20,8 +21,14 @@ pub struct Config {
     /// Replicas of the stream when this process creates it (3 on a cluster).
     #[arg(long, env = "SYNC_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub conn: Connections,
     /// Name of the durable consumer and of the checkpoint row.
-    #[arg(long, env = "PROJECTOR_NAME", default_value = "projector")]
+    #[arg(long, env = "PROJECTOR_NAME", default_value = schemas::projection::DEFAULT_PROJECTOR)]
     pub name: String,
     /// Most events applied in one transaction.
     #[arg(long, env = "PROJECTOR_BATCH", default_value_t = 1000)]

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
-pub use config::Config;
+pub use config::{Config, Connections};
 
 /// Applies the SQL migrations under `migrations/`.
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
@@ -60,7 +60,7 @@ impl Projector {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(4)
-            .connect(&config.database_url)
+            .connect(&config.conn.database_url)
             .await
             .context("connecting to PostgreSQL")?;
         sqlx::migrate!("../migrations")
@@ -70,13 +70,13 @@ impl Projector {
         let client = async_nats::ConnectOptions::new()
             .name(format!("projector:{}", config.name))
             .retry_on_initial_connect()
-            .connect(&config.nats_url)
+            .connect(&config.conn.nats_url)
             .await
             .context("connecting to NATS")?;
         let js = jetstream::new(client);
         js.get_or_create_stream(schemas::stream::stream_config(
-            &config.stream,
-            config.stream_replicas,
+            &config.conn.stream,
+            config.conn.stream_replicas,
         ))
         .await
         .context("creating the log stream")?;
@@ -120,7 +120,7 @@ impl Projector {
         let checkpoint = apply::checkpoint(&self.pool, name).await?;
         let mut messages = consumer::open(
             &self.js,
-            &self.config.stream,
+            &self.config.conn.stream,
             name,
             checkpoint,
             self.config.batch_size,

@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     projector::telemetry::init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Migrate => projector::migrate(&cli.config.database_url).await,
+        Command::Migrate => projector::migrate(&cli.config.conn.database_url).await,
         Command::Run => {
             let projector = Projector::build(cli.config).await?;
             projector

@@ -65,13 +65,19 @@ impl Drop for RunningProjector {
     }
 }
 
-/// Projector configuration for a test stack.
-pub fn projector_config(nats: &TestNats, db: &TestDb, name: &str) -> projector::Config {
-    projector::Config {
+fn connections(nats: &TestNats, db: &TestDb) -> projector::Connections {
+    projector::Connections {
         nats_url: nats.url(),
         database_url: db.url.clone(),
         stream: schemas::stream::DEFAULT_STREAM.to_owned(),
         stream_replicas: 1,
+    }
+}
+
+/// Projector configuration for a test stack.
+pub fn projector_config(nats: &TestNats, db: &TestDb, name: &str) -> projector::Config {
+    projector::Config {
+        conn: connections(nats, db),
         name: name.to_owned(),
         batch_size: 1000,
     }
@@ -81,10 +87,7 @@ pub fn projector_config(nats: &TestNats, db: &TestDb, name: &str) -> projector::
 pub fn gateway_config(nats: &TestNats, db: &TestDb) -> gateway::Config {
     gateway::Config {
         listen: "127.0.0.1:0".parse().expect("literal address"),
-        nats_url: nats.url(),
-        database_url: db.url.clone(),
-        stream: schemas::stream::DEFAULT_STREAM.to_owned(),
-        stream_replicas: 1,
+        conn: connections(nats, db),
         projector_name: schemas::projection::DEFAULT_PROJECTOR.to_owned(),
         jwt_hs256_secret: Some(gateway::config::Secret(SECRET.to_owned())),
         jwks_url: None,
@@ -230,8 +233,9 @@ impl TestApp {
     /// Messages in the log stream.
     pub async fn stream_messages(&self) -> u64 {
         self.nats
-            .stream_messages(schemas::stream::DEFAULT_STREAM)
+            .stream_state(schemas::stream::DEFAULT_STREAM)
             .await
+            .messages
     }
 
     /// Waits until the projector has applied everything in the log.
@@ -245,7 +249,10 @@ impl TestApp {
     }
 
     pub async fn stream_messages_last_seq(&self) -> u64 {
-        self.nats.last_seq(schemas::stream::DEFAULT_STREAM).await
+        self.nats
+            .stream_state(schemas::stream::DEFAULT_STREAM)
+            .await
+            .last_sequence
     }
 }
 

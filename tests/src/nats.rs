@@ -121,24 +121,15 @@ impl TestNats {
         async_nats::jetstream::new(client)
     }
 
-    pub async fn stream_messages(&self, stream: &str) -> u64 {
-        let mut s = self
+    /// The stream's state (message count, last sequence…).
+    pub async fn stream_state(&self, stream: &str) -> async_nats::jetstream::stream::State {
+        let s = self
             .jetstream()
             .await
             .get_stream(stream)
             .await
             .expect("stream exists");
-        s.info().await.expect("stream info").state.messages
-    }
-
-    pub async fn last_seq(&self, stream: &str) -> u64 {
-        let mut s = self
-            .jetstream()
-            .await
-            .get_stream(stream)
-            .await
-            .expect("stream exists");
-        s.info().await.expect("stream info").state.last_sequence
+        s.cached_info().state.clone()
     }
 }
 

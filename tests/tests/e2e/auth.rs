@@ -11,7 +11,10 @@ use ed25519_dalek::{SigningKey, pkcs8::EncodePrivateKey};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::json;
-use sync_tests::{RunningGateway, RunningProjector, TestDb, TestNats, changes, gateway_config, projector_config, send};
+use sync_tests::{
+    RunningGateway, RunningProjector, TestDb, TestNats, changes, gateway_config, projector_config,
+    send,
+};
 
 struct Issuer {
     key: EncodingKey,
@@ -25,16 +28,28 @@ impl Issuer {
         seed[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         let signing = SigningKey::from_bytes(&seed);
         let der = signing.to_pkcs8_der().expect("pkcs8");
-        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(signing.verifying_key().as_bytes());
         let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
-        (Self { key: EncodingKey::from_ed_der(der.as_bytes()), kid: kid.to_owned() }, jwk)
+        (
+            Self {
+                key: EncodingKey::from_ed_der(der.as_bytes()),
+                kid: kid.to_owned(),
+            },
+            jwk,
+        )
     }
 
     fn token(&self, sub: &str, exp_in: i64, iss: &str) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
         let exp = chrono::Utc::now().timestamp() + exp_in;
-        jsonwebtoken::encode(&header, &json!({"sub": sub, "exp": exp, "iss": iss}), &self.key).expect("sign")
+        jsonwebtoken::encode(
+            &header,
+            &json!({"sub": sub, "exp": exp, "iss": iss}),
+            &self.key,
+        )
+        .expect("sign")
     }
 }
 
@@ -72,26 +87,50 @@ async fn eddsa_tokens_from_the_jwks_are_accepted_and_others_refused() {
         http.post(format!("{}/sync/todo", gateway.base))
             .bearer_auth(token)
             .header("x-client-id", "c")
-            .json(&changes(json!([{"table": "t", "id": "1", "op": "insert", "data": {}}])))
+            .json(&changes(
+                json!([{"table": "t", "id": "1", "op": "insert", "data": {}}]),
+            ))
     };
 
     let ok = send(push(issuer.token("user-42", 300, "https://auth.example"))).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
 
     let refused = [
-        (issuer.token("user-42", -120, "https://auth.example"), "expired"),
-        (issuer.token("user-42", 300, "https://evil.example"), "wrong issuer"),
-        (stranger.token("user-42", 300, "https://auth.example"), "unknown key"),
-        (gateway::auth::mint_dev_token("s", "user-42", std::time::Duration::from_secs(60)).unwrap(), "HS256 not configured"),
+        (
+            issuer.token("user-42", -120, "https://auth.example"),
+            "expired",
+        ),
+        (
+            issuer.token("user-42", 300, "https://evil.example"),
+            "wrong issuer",
+        ),
+        (
+            stranger.token("user-42", 300, "https://auth.example"),
+            "unknown key",
+        ),
+        (
+            gateway::auth::mint_dev_token("s", "user-42", std::time::Duration::from_secs(60))
+                .unwrap(),
+            "HS256 not configured",
+        ),
     ];
     for (token, why) in refused {
         let reply = send(push(token)).await;
-        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{why}: {}", reply.body);
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{why}: {}",
+            reply.body
+        );
     }
     // Unknown key ids trigger at most one JWKS fetch per interval.
     for _ in 0..5 {
         let reply = send(push(stranger.token("user-42", 300, "https://auth.example"))).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(fetches.load(Ordering::SeqCst), 1, "unknown key ids do not refetch within the interval");
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "unknown key ids do not refetch within the interval"
+    );
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests against a real nats-server and a real PostgreSQL. One binary with
 //! one module per capability keeps link time down.
 
+mod auth;
 mod bad_input;
 mod crash;
 mod idempotency;
@@ -9,4 +10,3 @@ mod outage;
 mod paging;
 mod poison;
 mod push_pull;
-mod auth;
