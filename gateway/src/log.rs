@@ -1,16 +1,32 @@
-//! The gateway's side of the log: publishing events with acknowledgement and reading
-//! the current log position.
+//! The gateway's side of the log: publishing a push's events with acknowledgement, as
+//! one atomic JetStream batch, and reading the current log position.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_nats::{
+    HeaderMap,
     connection::State,
-    jetstream::{self, context::PublishErrorKind, message::PublishMessage},
+    header::{
+        NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
+        NATS_MESSAGE_ID,
+    },
+    jetstream::{self, ErrorCode, message::PublishMessage},
 };
 use futures::future::try_join_all;
 use ingest::PreparedEvent;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
+
+/// Most messages JetStream accepts in one atomic batch.
+const MAX_ATOMIC_BATCH: usize = 1000;
+
+/// Atomic batches this gateway keeps in flight at once; the server allows 50 per
+/// stream, so a few gateways at full load stay under it.
+const ATOMIC_BATCHES_IN_FLIGHT: usize = 16;
+
+const LOG: &str = "the log (NATS)";
 
 #[derive(Clone)]
 pub struct Log {
@@ -18,6 +34,21 @@ pub struct Log {
     js: jetstream::Context,
     stream: String,
     publish_timeout: Duration,
+    batches: Arc<Semaphore>,
+}
+
+/// The server's answer to a batch commit: an ack or an API error.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CommitReply {
+    Err { error: jetstream::Error },
+    Ack { seq: u64 },
+}
+
+enum PublishFailure {
+    /// Part of the batch was committed before (a resend): publish one by one, deduplicated.
+    AlreadyPartlyLogged,
+    Failed(String),
 }
 
 impl Log {
@@ -35,16 +66,13 @@ impl Log {
             .max_ack_inflight(8192)
             .backpressure_on_inflight(true)
             .build(client.clone());
-        js.get_or_create_stream(schemas::stream::stream_config(
-            &conn.stream,
-            conn.stream_replicas,
-        ))
-        .await?;
+        projector::ensure_stream(&js, &conn.stream, conn.stream_replicas).await?;
         Ok(Self {
             client,
             js,
             stream: conn.stream.clone(),
             publish_timeout,
+            batches: Arc::new(Semaphore::new(ATOMIC_BATCHES_IN_FLIGHT)),
         })
     }
 
@@ -52,56 +80,122 @@ impl Log {
         self.client.connection_state() == State::Connected
     }
 
-    /// Publishes every event and returns only once JetStream acknowledged all of them
-    /// (a duplicate acknowledged as such is already durable). Any failure is a 503:
-    /// the client retries, and the deterministic message ids make the retry land each
-    /// event exactly once.
+    /// Publishes a push's events and returns only once JetStream has stored all of them.
+    /// Up to 1000 events go in as one atomic batch: all are stored or none. Any failure
+    /// is a 503 and the client retries; the deterministic message ids make a retry land
+    /// each event exactly once.
     pub async fn publish_all(&self, events: &[PreparedEvent]) -> Result<u64, ApiError> {
         if !self.connected() {
-            return Err(ApiError::unavailable("the log (NATS)", "not connected"));
+            return Err(ApiError::unavailable(LOG, "not connected"));
+        }
+        let max_payload = self.client.server_info().max_payload;
+        if let Some((i, _)) = events
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.payload.len() + 1024 > max_payload)
+        {
+            return Err(ApiError::TooLarge(format!(
+                "change {i} is larger than the log accepts ({max_payload} bytes)"
+            )));
         }
         let publish = async {
-            let mut acks = Vec::with_capacity(events.len());
-            for event in events {
-                let msg = PublishMessage::build()
-                    .message_id(&event.msg_id)
-                    .payload(event.payload.clone().into());
-                acks.push(
-                    self.js
-                        .send_publish(event.subject.clone(), msg)
-                        .await?
-                        .into_future(),
-                );
+            let mut last = 0;
+            for chunk in events.chunks(MAX_ATOMIC_BATCH) {
+                last = match self.publish_atomic(chunk).await {
+                    Ok(seq) => seq,
+                    Err(PublishFailure::AlreadyPartlyLogged) => self.publish_each(chunk).await?,
+                    Err(PublishFailure::Failed(why)) => return Err(why),
+                };
             }
-            let acks = try_join_all(acks).await.map_err(|e| {
-                async_nats::jetstream::context::PublishError::with_source(
-                    PublishErrorKind::Other,
-                    e,
-                )
-            })?;
-            Ok::<_, async_nats::jetstream::context::PublishError>(
-                acks.iter().map(|a| a.sequence).max().unwrap_or(0),
-            )
+            Ok(last)
         };
         match tokio::time::timeout(self.publish_timeout, publish).await {
             Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(e)) => Err(ApiError::unavailable("the log (NATS)", e)),
+            Ok(Err(why)) => Err(ApiError::unavailable(LOG, why)),
             Err(_) => Err(ApiError::unavailable(
-                "the log (NATS)",
+                LOG,
                 "publish acknowledgement timed out",
             )),
         }
     }
 
+    /// One atomic batch: every message but the last is staged by the server; the last
+    /// commits the batch and is answered with the sequence of the last message stored.
+    async fn publish_atomic(&self, chunk: &[PreparedEvent]) -> Result<u64, PublishFailure> {
+        if chunk.len() == 1 {
+            return self
+                .publish_each(chunk)
+                .await
+                .map_err(PublishFailure::Failed);
+        }
+        let _permit = self
+            .batches
+            .acquire()
+            .await
+            .map_err(|e| PublishFailure::Failed(e.to_string()))?;
+        let batch_id = uuid::Uuid::new_v4().simple().to_string();
+        let failed = |e: &dyn std::fmt::Display| PublishFailure::Failed(e.to_string());
+        for (i, event) in chunk.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert(NATS_MESSAGE_ID, event.msg_id.as_str());
+            headers.insert(NATS_BATCH_ID, batch_id.as_str());
+            headers.insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+            let payload = event.payload.clone().into();
+            if i + 1 < chunk.len() {
+                self.client
+                    .publish_with_headers(event.subject.clone(), headers, payload)
+                    .await
+                    .map_err(|e| failed(&e))?;
+                continue;
+            }
+            headers.insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
+            let reply = self
+                .client
+                .request_with_headers(event.subject.clone(), headers, payload)
+                .await
+                .map_err(|e| failed(&e))?;
+            return match serde_json::from_slice::<CommitReply>(&reply.payload) {
+                Ok(CommitReply::Ack { seq }) => Ok(seq),
+                Ok(CommitReply::Err { error })
+                    if error.error_code()
+                        == ErrorCode::ATOMIC_PUBLISH_CONTAINS_DUPLICATE_MESSAGE =>
+                {
+                    Err(PublishFailure::AlreadyPartlyLogged)
+                }
+                Ok(CommitReply::Err { error }) => Err(failed(&error)),
+                Err(e) => Err(failed(&e)),
+            };
+        }
+        Err(PublishFailure::Failed("empty batch".into()))
+    }
+
+    /// Events published one by one (each deduplicated by its message id), all acks awaited.
+    async fn publish_each(&self, events: &[PreparedEvent]) -> Result<u64, String> {
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let msg = PublishMessage::build()
+                .message_id(&event.msg_id)
+                .payload(event.payload.clone().into());
+            let ack = self
+                .js
+                .send_publish(event.subject.clone(), msg)
+                .await
+                .map_err(|e| e.to_string())?;
+            acks.push(ack.into_future());
+        }
+        let acks = try_join_all(acks).await.map_err(|e| e.to_string())?;
+        Ok(acks.iter().map(|a| a.sequence).max().unwrap_or(0))
+    }
+
     /// The sequence of the last event in the log.
     pub async fn last_seq(&self) -> Result<u64, ApiError> {
         if !self.connected() {
-            return Err(ApiError::unavailable("the log (NATS)", "not connected"));
+            return Err(ApiError::unavailable(LOG, "not connected"));
         }
         let stream = tokio::time::timeout(self.publish_timeout, self.js.get_stream(&self.stream))
             .await
-            .map_err(|_| ApiError::unavailable("the log (NATS)", "stream info timed out"))?
-            .map_err(|e| ApiError::unavailable("the log (NATS)", e))?;
+            .map_err(|_| ApiError::unavailable(LOG, "stream info timed out"))?
+            .map_err(|e| ApiError::unavailable(LOG, e))?;
         Ok(stream.cached_info().state.last_sequence)
     }
 }

@@ -29,6 +29,17 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates the log stream, or brings an existing one to this version's configuration.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> anyhow::Result<()> {
+    js.create_or_update_stream(schemas::stream::stream_config(name, replicas))
+        .await?;
+    Ok(())
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -74,12 +85,9 @@ impl Projector {
             .await
             .context("connecting to NATS")?;
         let js = jetstream::new(client);
-        js.get_or_create_stream(schemas::stream::stream_config(
-            &config.conn.stream,
-            config.conn.stream_replicas,
-        ))
-        .await
-        .context("creating the log stream")?;
+        ensure_stream(&js, &config.conn.stream, config.conn.stream_replicas)
+            .await
+            .context("creating the log stream")?;
         Ok(Self { config, pool, js })
     }
 

@@ -30,6 +30,8 @@ pub fn stream_config(name: &str, replicas: usize) -> Config {
         max_message_size: MAX_EVENT_BYTES,
         num_replicas: replicas,
         allow_direct: true,
+        // A push is published as one atomic batch: all of its changes or none.
+        allow_atomic_publish: true,
         ..Default::default()
     }
 }

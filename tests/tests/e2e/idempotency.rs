@@ -59,3 +59,26 @@ async fn a_resend_after_the_duplicate_window_is_applied_once() {
     let (seen, _) = app.pull_all("alice", "phone", "todo", "tasks", "").await;
     assert_eq!(seen.len(), 1);
 }
+
+#[tokio::test]
+async fn a_resend_with_new_changes_added_lands_only_the_new_ones() {
+    let app = TestApp::spawn().await;
+    let a = json!({"table": "tasks", "id": "a", "op": "insert", "data": {}});
+    let b = json!({"table": "tasks", "id": "b", "op": "insert", "data": {}});
+    let c = json!({"table": "tasks", "id": "c", "op": "insert", "data": {}});
+    assert_eq!(
+        app.push("alice", "laptop", "todo", &changes(json!([a, b])))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // The client never saw the answer and resends its queue, which has grown meanwhile.
+    let reply = app
+        .push("alice", "laptop", "todo", &changes(json!([a, b, c])))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(app.stream_messages().await, 3);
+    let (seen, _) = app.pull_all("alice", "phone", "todo", "tasks", "").await;
+    let ids: Vec<_> = seen.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+}

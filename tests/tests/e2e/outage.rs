@@ -87,3 +87,63 @@ async fn health_reports_nats_postgres_and_projector_lag() {
     assert_eq!(health.body["projector"]["lag"], 0);
     assert_eq!(health.body["projector"]["checkpoint"], 1);
 }
+
+#[tokio::test]
+async fn a_push_the_log_cannot_store_whole_lands_not_at_all() {
+    let app = TestApp::spawn().await;
+    // The log fills up: room for a few changes, not for the whole batch.
+    let js = app.nats.jetstream().await;
+    let mut config = js
+        .get_stream(schemas::stream::DEFAULT_STREAM)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    config.max_bytes = 4096;
+    js.update_stream(config).await.unwrap();
+
+    let batch: Vec<_> = (0..10)
+        .map(|i| json!({"table": "t", "id": format!("r{i}"), "op": "insert", "data": {"pad": "x".repeat(400)}}))
+        .collect();
+    let reply = app.push("alice", "c", "todo", &changes(json!(batch))).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        app.stream_messages().await,
+        0,
+        "no part of the batch is in the log"
+    );
+    assert_eq!(app.db.count("change_log").await, 0);
+}
+
+#[tokio::test]
+async fn a_push_is_stored_as_one_atomic_batch() {
+    let app = TestApp::spawn().await;
+    let batch: Vec<_> = (0..5)
+        .map(|i| json!({"table": "t", "id": format!("r{i}"), "op": "insert", "data": {}}))
+        .collect();
+    assert_eq!(
+        app.push("alice", "c", "todo", &changes(json!(batch)))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let js = app.nats.jetstream().await;
+    let stream = js
+        .get_stream(schemas::stream::DEFAULT_STREAM)
+        .await
+        .unwrap();
+    let mut batch_ids = std::collections::HashSet::new();
+    for seq in 1..=5 {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        let headers = msg.headers;
+        batch_ids.insert(headers.get("Nats-Batch-Id").map(|v| v.to_string()));
+    }
+    assert_eq!(batch_ids.len(), 1, "{batch_ids:?}");
+    assert!(batch_ids.iter().all(Option::is_some), "{batch_ids:?}");
+}
