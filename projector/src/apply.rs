@@ -134,18 +134,17 @@ async fn apply(
     merge_records(&mut tx, &applied).await?;
     park_all(&mut tx, &poison).await?;
 
+    // Checkpoint and announcement in one round trip; NOTIFY is delivered at commit.
     sqlx::query(
-        "UPDATE projector_checkpoints SET last_seq = $2, updated_at = now() WHERE name = $1",
+        "WITH cp AS (UPDATE projector_checkpoints SET last_seq = $2, updated_at = now() \
+                     WHERE name = $1 RETURNING name, last_seq) \
+         SELECT pg_notify($3, cp.name || ':' || cp.last_seq) FROM cp",
     )
     .bind(name)
     .bind(top as i64)
+    .bind(CHECKPOINT_CHANNEL)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHECKPOINT_CHANNEL)
-        .bind(format!("{name}:{top}"))
-        .execute(&mut *tx)
-        .await?;
     tx.commit().await?;
     Ok(Applied {
         checkpoint: top,
@@ -215,23 +214,23 @@ async fn insert_change_log(
         record.push(rc.record_id.as_str());
         op.push(rc.op.as_str());
         at.push(rc.at);
-        data.push(rc.data.clone().map(Value::Object));
+        data.push(rc.data.as_ref().map(|d| json_text(d)));
         fields.push(rc.fields.as_ref().map(|f| {
-            Value::Object(
-                f.iter()
+            json_text(
+                &f.iter()
                     .map(|(k, v)| {
                         (
-                            k.clone(),
+                            k.as_str(),
                             serde_json::json!({"value": v.value, "at": time::canonical(v.at)}),
                         )
                     })
-                    .collect(),
+                    .collect::<BTreeMap<_, _>>(),
             )
         }));
         user.push(env.metadata.user_id.as_str());
         client.push(env.metadata.client_id.as_str());
-        actor.push(env.metadata.actor.clone());
-        origin.push(env.metadata.origin.clone());
+        actor.push(env.metadata.actor.as_ref().map(json_text));
+        origin.push(env.metadata.origin.as_ref().map(json_text));
         version.push(rc.client_schema_version as i32);
         received.push(env.metadata.received_at);
         logged.push(msg.logged_at);
@@ -240,8 +239,8 @@ async fn insert_change_log(
         "INSERT INTO change_log (seq, event_id, app_id, space_id, table_name, record_id, op, at, data, fields, \
                                  user_id, client_id, actor, origin, schema_version, received_at, logged_at) \
          SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                              $8::timestamptz[], $9::jsonb[], $10::jsonb[], $11::text[], $12::text[], $13::jsonb[], \
-                              $14::jsonb[], $15::int4[], $16::timestamptz[], $17::timestamptz[]) \
+                              $8::timestamptz[], $9::json[], $10::json[], $11::text[], $12::text[], $13::json[], \
+                              $14::json[], $15::int4[], $16::timestamptz[], $17::timestamptz[]) \
          ON CONFLICT DO NOTHING RETURNING seq",
     )
     .bind(&seq)
@@ -433,6 +432,11 @@ async fn load_existing(
         );
     }
     Ok(())
+}
+
+/// JSON text of a value (`change_log` stores payloads as `json`, passed as text).
+fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
 }
 
 fn into_map(v: Value) -> Map<String, Value> {

@@ -15,7 +15,7 @@ use std::{future::Future, pin::pin, time::Duration};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{Executor as _, PgPool, postgres::PgPoolOptions};
 
 pub use config::{Config, Connections};
 
@@ -71,6 +71,20 @@ impl Projector {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // The log, not PostgreSQL, is the source of truth: a commit lost in
+                    // a database crash takes its checkpoint with it (same WAL record),
+                    // and the events are applied again from the log. So the projector
+                    // need not wait for each commit to reach disk.
+                    // Batch sizes and table sizes vary too much for generic plans.
+                    conn.execute(
+                        "SET synchronous_commit = off; SET plan_cache_mode = force_custom_plan",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
             .connect(&config.conn.database_url)
             .await
             .context("connecting to PostgreSQL")?;
