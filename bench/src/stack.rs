@@ -82,14 +82,18 @@ impl Stack {
             .last_sequence)
     }
 
-    /// The projector's committed position.
+    /// The projector's committed position: both stages (change log and records).
     pub async fn checkpoint(&self) -> anyhow::Result<u64> {
-        let seq: Option<i64> =
-            sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1")
-                .bind(schemas::projection::DEFAULT_PROJECTOR)
-                .fetch_optional(&self.db.pool)
-                .await
-                .context("reading the checkpoint")?;
+        let name = schemas::projection::DEFAULT_PROJECTOR;
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT min(last_seq) FROM projector_checkpoints WHERE name = $1 OR name = $2 \
+             HAVING count(*) = 2",
+        )
+        .bind(name)
+        .bind(projector::records::checkpoint_name(name))
+        .fetch_optional(&self.db.pool)
+        .await
+        .context("reading the checkpoints")?;
         Ok(seq.unwrap_or(0) as u64)
     }
 

@@ -83,11 +83,44 @@ pub fn parse_push_request(body: &[u8]) -> Result<PushRequest, RejectedBatch> {
     })
 }
 
+/// Whether any string (key or value) in `v` contains NUL: PostgreSQL cannot store it in
+/// JSON it processes, so such changes are refused at the edge.
+pub fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// [`has_nul`] over everything an event stores.
+pub fn event_has_nul(rc: &schemas::RecordChanged, meta: &schemas::Metadata) -> bool {
+    let data = rc
+        .data
+        .iter()
+        .flatten()
+        .any(|(k, v)| k.contains('\0') || has_nul(v));
+    let fields = rc
+        .fields
+        .iter()
+        .flatten()
+        .any(|(k, f)| k.contains('\0') || has_nul(&f.value));
+    data || fields
+        || meta.actor.as_ref().is_some_and(has_nul)
+        || meta.origin.as_ref().is_some_and(has_nul)
+}
+
 fn parse_change(i: usize, raw: Value) -> Result<ClientChange, RejectedBatch> {
     let bad = |msg: String| RejectedBatch::invalid(i, format!("change {i}: {msg}"));
     let Value::Object(obj) = &raw else {
         return Err(bad("must be a JSON object".into()));
     };
+    if has_nul(&raw) {
+        return Err(bad(
+            "strings must not contain the NUL character (\\u0000)".into()
+        ));
+    }
     let table = required_id(obj, "table").map_err(bad)?;
     let id = required_id(obj, "id").map_err(bad)?;
     let op = match obj.get("op") {
@@ -304,6 +337,8 @@ mod tests {
             json!({"table": "t", "id": "a", "op": "insert", "data": {}, "spaceId": "x.y"}),
             json!({"table": "t", "id": "a", "op": "insert", "data": {"spaceId": 7}}),
             json!({"table": "t", "id": "a", "op": "delete", "deletedAt": "nope"}),
+            json!({"table": "t", "id": "a", "op": "insert", "data": {"x": "a\u{0}b"}}),
+            json!({"table": "t", "id": "a", "op": "insert", "data": {"x\u{0}": 1}}),
             json!("not an object"),
         ];
         for bad in cases {

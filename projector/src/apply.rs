@@ -1,13 +1,12 @@
-//! Applying a batch of log messages to PostgreSQL in one transaction: change log rows,
-//! last-write-wins record state, parked poison, and the checkpoint — all or nothing.
+//! The log stage: a batch of log messages into `change_log` in one transaction, with
+//! parked poison and the checkpoint — all or nothing. Record state follows from
+//! `change_log` in the records stage (`records.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use ingest::lww::RecordState;
-use schemas::{Envelope, Event, RecordChanged, subject::change_subject, time};
-use serde_json::{Map, Value};
+use schemas::{Envelope, Event, subject::change_subject, time};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 pub use schemas::projection::CHECKPOINT_CHANNEL;
@@ -127,11 +126,6 @@ async fn apply(
     }
 
     let inserted = insert_change_log(&mut tx, &changes).await?;
-    let applied: Vec<_> = changes
-        .iter()
-        .filter(|(m, _)| inserted.contains(&m.seq))
-        .collect();
-    merge_records(&mut tx, &applied).await?;
     park_all(&mut tx, &poison).await?;
 
     // Checkpoint and announcement in one round trip; NOTIFY is delivered at commit.
@@ -148,13 +142,13 @@ async fn apply(
     tx.commit().await?;
     Ok(Applied {
         checkpoint: top,
-        events: applied.len(),
+        events: inserted.len(),
         parked: poison.len(),
     })
 }
 
 /// A message's event, or why it cannot be one.
-fn decode(msg: &Incoming) -> Result<(Envelope, RecordChanged), String> {
+fn decode(msg: &Incoming) -> Result<Envelope, String> {
     let env: Envelope =
         serde_json::from_slice(&msg.payload).map_err(|e| format!("undecodable event: {e}"))?;
     let Event::RecordChanged(rc) = &env.event;
@@ -166,11 +160,13 @@ fn decode(msg: &Incoming) -> Result<(Envelope, RecordChanged), String> {
             msg.subject
         ));
     }
-    let rc = rc.clone();
-    Ok((env, rc))
+    if ingest::validate::event_has_nul(rc, &env.metadata) {
+        return Err("a string contains NUL, which PostgreSQL cannot store".to_owned());
+    }
+    Ok(env)
 }
 
-type Decoded<'a> = (&'a Incoming, (Envelope, RecordChanged));
+type Decoded<'a> = (&'a Incoming, Envelope);
 
 async fn insert_change_log(
     tx: &mut Transaction<'_, Postgres>,
@@ -205,7 +201,8 @@ async fn insert_change_log(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for (msg, (env, rc)) in changes {
+    for (msg, env) in changes {
+        let Event::RecordChanged(rc) = &env.event;
         seq.push(msg.seq as i64);
         event_id.push(env.event_id);
         app.push(rc.app_id.as_str());
@@ -214,7 +211,7 @@ async fn insert_change_log(
         record.push(rc.record_id.as_str());
         op.push(rc.op.as_str());
         at.push(rc.at);
-        data.push(rc.data.as_ref().map(|d| json_text(d)));
+        data.push(rc.data.as_ref().map(json_text));
         fields.push(rc.fields.as_ref().map(|f| {
             json_text(
                 &f.iter()
@@ -265,185 +262,9 @@ async fn insert_change_log(
     Ok(rows.iter().map(|r| r.get::<i64, _>(0) as u64).collect())
 }
 
-type Key = (String, String, String, String);
-
-struct Pending {
-    state: RecordState,
-    author: String,
-    created_seq: i64,
-    updated_seq: i64,
-}
-
-async fn merge_records(
-    tx: &mut Transaction<'_, Postgres>,
-    applied: &[&Decoded<'_>],
-) -> Result<(), sqlx::Error> {
-    if applied.is_empty() {
-        return Ok(());
-    }
-    let key_of = |rc: &RecordChanged| {
-        (
-            rc.space_id.clone(),
-            rc.app_id.clone(),
-            rc.table.clone(),
-            rc.record_id.clone(),
-        )
-    };
-    let mut order: Vec<Key> = Vec::new();
-    let mut rows: HashMap<Key, Pending> = HashMap::new();
-    for (_, (_, rc)) in applied {
-        let key = key_of(rc);
-        if !rows.contains_key(&key) {
-            rows.insert(
-                key.clone(),
-                Pending {
-                    state: RecordState::default(),
-                    author: String::new(),
-                    created_seq: 0,
-                    updated_seq: 0,
-                },
-            );
-            order.push(key);
-        }
-    }
-    load_existing(tx, &order, &mut rows).await?;
-
-    for (msg, (env, rc)) in applied {
-        let row = rows
-            .get_mut(&key_of(rc))
-            .expect("every key was inserted above");
-        if row.created_seq == 0 {
-            row.created_seq = msg.seq as i64;
-            row.author = env.metadata.user_id.clone();
-        }
-        row.updated_seq = msg.seq as i64;
-        row.state = std::mem::take(&mut row.state).apply(rc);
-    }
-
-    let n = order.len();
-    let (mut space, mut app, mut table, mut record) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut data, mut field_at, mut exists_at, mut deleted_at) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut author, mut created, mut updated) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for key in &order {
-        let row = &rows[key];
-        space.push(key.0.as_str());
-        app.push(key.1.as_str());
-        table.push(key.2.as_str());
-        record.push(key.3.as_str());
-        data.push(Value::Object(row.state.data.clone()));
-        field_at.push(Value::Object(
-            row.state
-                .field_at
-                .iter()
-                .map(|(k, t)| (k.clone(), Value::from(time::canonical(*t))))
-                .collect(),
-        ));
-        exists_at.push(row.state.exists_at);
-        deleted_at.push(row.state.deleted_at);
-        author.push(row.author.as_str());
-        created.push(row.created_seq);
-        updated.push(row.updated_seq);
-    }
-    sqlx::query(
-        "INSERT INTO records (space_id, app_id, table_name, record_id, data, field_at, exists_at, deleted_at, \
-                              author_id, created_seq, updated_seq) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
-                              $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int8[], $11::int8[]) \
-         ON CONFLICT (space_id, app_id, table_name, record_id) DO UPDATE SET \
-            data = EXCLUDED.data, field_at = EXCLUDED.field_at, exists_at = EXCLUDED.exists_at, \
-            deleted_at = EXCLUDED.deleted_at, updated_seq = EXCLUDED.updated_seq",
-    )
-    .bind(&space)
-    .bind(&app)
-    .bind(&table)
-    .bind(&record)
-    .bind(&data)
-    .bind(&field_at)
-    .bind(&exists_at)
-    .bind(&deleted_at)
-    .bind(&author)
-    .bind(&created)
-    .bind(&updated)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn load_existing(
-    tx: &mut Transaction<'_, Postgres>,
-    keys: &[Key],
-    rows: &mut HashMap<Key, Pending>,
-) -> Result<(), sqlx::Error> {
-    let cols: [Vec<&str>; 4] = [
-        keys.iter().map(|k| k.0.as_str()).collect(),
-        keys.iter().map(|k| k.1.as_str()).collect(),
-        keys.iter().map(|k| k.2.as_str()).collect(),
-        keys.iter().map(|k| k.3.as_str()).collect(),
-    ];
-    let found = sqlx::query(
-        "SELECT r.space_id, r.app_id, r.table_name, r.record_id, r.data, r.field_at, r.exists_at, r.deleted_at, \
-                r.author_id, r.created_seq, r.updated_seq \
-         FROM records r \
-         JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS k(space_id, app_id, table_name, record_id) \
-           USING (space_id, app_id, table_name, record_id) \
-         FOR UPDATE OF r",
-    )
-    .bind(&cols[0])
-    .bind(&cols[1])
-    .bind(&cols[2])
-    .bind(&cols[3])
-    .fetch_all(&mut **tx)
-    .await?;
-    for r in found {
-        let key: Key = (r.get(0), r.get(1), r.get(2), r.get(3));
-        let data: Value = r.get(4);
-        let field_at: Value = r.get(5);
-        let state = RecordState {
-            data: into_map(data),
-            field_at: into_map(field_at)
-                .into_iter()
-                .filter_map(|(k, v)| v.as_str().and_then(time::parse_instant).map(|t| (k, t)))
-                .collect::<BTreeMap<_, _>>(),
-            exists_at: r.get(6),
-            deleted_at: r.get(7),
-        };
-        rows.insert(
-            key,
-            Pending {
-                state,
-                author: r.get(8),
-                created_seq: r.get(9),
-                updated_seq: r.get(10),
-            },
-        );
-    }
-    Ok(())
-}
-
 /// JSON text of a value (`change_log` stores payloads as `json`, passed as text).
 fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
-}
-
-fn into_map(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
 }
 
 async fn park_all(

@@ -9,6 +9,7 @@
 pub mod apply;
 mod config;
 mod consumer;
+pub mod records;
 pub mod telemetry;
 
 use std::{future::Future, pin::pin, time::Duration};
@@ -16,6 +17,7 @@ use std::{future::Future, pin::pin, time::Duration};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use sqlx::{Executor as _, PgPool, postgres::PgPoolOptions};
+use tokio::sync::watch;
 
 pub use config::{Config, Connections};
 
@@ -38,6 +40,37 @@ pub async fn ensure_stream(
     js.create_or_update_stream(schemas::stream::stream_config(name, replicas))
         .await?;
     Ok(())
+}
+
+/// Resolves once `stop` says so (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs a stage until it returns, retrying failures with backoff until stopped.
+async fn retrying<F, Fut>(
+    what: &str,
+    stop: watch::Receiver<bool>,
+    mut stage: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match stage().await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(stage = what, error.cause_chain = ?e, ?backoff, "stage failed; retrying")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stopped(stop.clone()) => return Ok(()),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -112,31 +145,38 @@ impl Projector {
     /// Projects until `shutdown` resolves, finishing the batch in flight. Failures are
     /// retried with backoff: the consumer is rebuilt at the checkpoint each time.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let mut shutdown = pin!(shutdown);
-        // One active projector per name; a second one waits here as a standby.
-        let _lock = tokio::select! {
-            lock = self.leader_lock() => lock?,
-            () = &mut shutdown => return Ok(()),
+        let (stop_tx, stop) = watch::channel(false);
+        let (progress_tx, progress) = watch::channel(0u64);
+        let work = async {
+            // One active projector per name; a second one waits here as a standby.
+            let _lock = tokio::select! {
+                lock = self.leader_lock() => lock?,
+                () = stopped(stop.clone()) => return Ok(()),
+            };
+            tokio::try_join!(
+                retrying("log stage", stop.clone(), || self
+                    .consume(stop.clone(), &progress_tx)),
+                retrying("records stage", stop.clone(), || self
+                    .follow(progress.clone(), stop.clone())),
+            )?;
+            Ok(())
         };
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.consume(&mut shutdown).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(error.cause_chain = ?e, ?backoff, "projector failed; rebuilding the consumer")
-                }
+        let mut work = pin!(work);
+        tokio::select! {
+            result = &mut work => result,
+            () = shutdown => {
+                // Let both stages finish what they have in flight.
+                let _ = stop_tx.send(true);
+                work.await
             }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = &mut shutdown => return Ok(()),
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
+    /// The log stage: the durable consumer into `change_log`, batch by batch.
     async fn consume(
         &self,
-        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+        stop: watch::Receiver<bool>,
+        progress: &watch::Sender<u64>,
     ) -> anyhow::Result<()> {
         let name = &self.config.name;
         let checkpoint = apply::checkpoint(&self.pool, name).await?;
@@ -152,11 +192,39 @@ impl Projector {
         loop {
             let batch = tokio::select! {
                 batch = consumer::next_batch(&mut messages, self.config.batch_size) => batch?,
-                () = shutdown.as_mut() => return Ok(()),
+                () = stopped(stop.clone()) => return Ok(()),
             };
             // Not raced against shutdown: the batch in flight is finished.
             let checkpoint = consumer::process(&self.pool, name, &batch).await?;
+            progress.send_replace(checkpoint);
             tracing::debug!(checkpoint, size = batch.len(), "batch applied");
+        }
+    }
+
+    /// The records stage: follows the log stage's checkpoint through `change_log`.
+    async fn follow(
+        &self,
+        mut progress: watch::Receiver<u64>,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let name = records::checkpoint_name(&self.config.name);
+        apply::checkpoint(&self.pool, &name).await?;
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let upto = apply::checkpoint(&self.pool, &self.config.name).await?;
+            let reached =
+                records::apply_upto(&self.pool, &name, upto, self.config.batch_size).await?;
+            if reached < upto {
+                continue;
+            }
+            tokio::select! {
+                _ = progress.changed() => {}
+                // Also catches up with a log stage running in another process.
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stopped(stop.clone()) => return Ok(()),
+            }
         }
     }
 

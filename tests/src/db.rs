@@ -63,6 +63,16 @@ impl TestDb {
             .unwrap_or(0) as u64
     }
 
+    /// How far both stages of projector `name` (change log and records) have applied
+    /// the log.
+    pub async fn projected(&self, projector: &str) -> u64 {
+        let log = self.checkpoint(projector).await;
+        let records = self
+            .checkpoint(&projector::records::checkpoint_name(projector))
+            .await;
+        log.min(records)
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&self.pool)

@@ -243,7 +243,7 @@ impl TestApp {
         let last = self.stream_messages_last_seq().await;
         let db = &self.db;
         eventually(Duration::from_secs(20), || async move {
-            db.checkpoint(schemas::projection::DEFAULT_PROJECTOR).await >= last
+            db.projected(schemas::projection::DEFAULT_PROJECTOR).await >= last
         })
         .await;
     }

@@ -127,6 +127,10 @@ async fn every_kind_of_malformed_push_gets_a_json_400() {
             json!({"table": "t", "id": "a", "op": "update", "fields": {"x": {"value": 1, "at": "later"}}}),
             "at garbage",
         ),
+        (
+            json!({"table": "t", "id": "a", "op": "insert", "data": {"x": "a\u{0}b"}}),
+            "NUL in a string",
+        ),
     ];
     for (bad, why) in bad_changes {
         let reply = app

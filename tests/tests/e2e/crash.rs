@@ -87,7 +87,7 @@ async fn projector_killed_mid_stream_loses_and_duplicates_nothing() {
     let last = app.stream_messages_last_seq().await;
     assert_eq!(last, 1000, "every change is in the log once");
     eventually(Duration::from_secs(30), || async {
-        db.checkpoint("projector").await >= last
+        db.projected("projector").await >= last
     })
     .await;
     child.kill().ok();
@@ -98,7 +98,7 @@ async fn projector_killed_mid_stream_loses_and_duplicates_nothing() {
     let clean = TestDb::create().await;
     let projector = RunningProjector::start(projector_config(&app.nats, &clean, "projector")).await;
     eventually(Duration::from_secs(30), || async {
-        clean.checkpoint("projector").await >= last
+        clean.projected("projector").await >= last
     })
     .await;
     projector.stop().await;

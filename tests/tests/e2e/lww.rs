@@ -149,7 +149,7 @@ async fn replaying_the_log_gives_the_same_state() {
     let rebuild = RunningProjector::start(projector_config(&app.nats, &replica, "replay")).await;
     let last = app.stream_messages_last_seq().await;
     sync_tests::eventually(std::time::Duration::from_secs(20), || async {
-        replica.checkpoint("replay").await >= last
+        replica.projected("replay").await >= last
     })
     .await;
     rebuild.stop().await;

@@ -2,72 +2,110 @@
 //! not silently dropped; the events after them are applied.
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use sync_tests::{TestApp, changes};
+
+async fn push_one(app: &TestApp, id: &str) {
+    let reply = app
+        .push(
+            "alice",
+            "c",
+            "todo",
+            &changes(json!([{"table": "tasks", "id": id, "op": "insert", "data": {}}])),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+}
+
+async fn parked(app: &TestApp) -> Vec<(i64, String)> {
+    sqlx::query_as("SELECT seq, reason FROM dead_letters ORDER BY seq")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+async fn pulled_ids(app: &TestApp) -> Vec<String> {
+    let (seen, _) = app.pull_all("alice", "reader", "todo", "tasks", "").await;
+    seen.iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect()
+}
 
 #[tokio::test]
 async fn poison_messages_are_parked_and_the_log_moves_on() {
     let app = TestApp::spawn().await;
     let js = app.nats.jetstream().await;
-    let publish = |subject: &'static str, payload: Vec<u8>| {
-        let js = js.clone();
-        async move {
-            js.publish(subject, payload.into())
-                .await
-                .unwrap()
-                .await
-                .unwrap()
-        }
-    };
-    // Not an event at all.
-    publish("sync.x.todo.tasks", b"{not json".to_vec()).await;
-    // A valid change whose data PostgreSQL refuses (NUL in jsonb text).
-    let good = app
-        .push(
-            "alice",
-            "c",
-            "todo",
-            &changes(json!([{"table": "tasks", "id": "ok1", "op": "insert", "data": {}}])),
-        )
-        .await;
-    assert_eq!(good.status, StatusCode::OK);
-    let nul = app
-        .push("alice", "c", "todo", &changes(json!([{"table": "tasks", "id": "nul", "op": "insert", "data": {"bad": "a\u{0}b"}}])))
-        .await;
-    // The read-your-writes wait still completes: the parked event moves the checkpoint.
-    assert_eq!(nul.status, StatusCode::OK, "{}", nul.body);
-    // An event published on another space's subject.
-    let js_stream = js
+    // 1: not an event at all.
+    js.publish("sync.x.todo.tasks", b"{not json".to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // 2: a genuine event.
+    push_one(&app, "ok1").await;
+    let stream = js
         .get_stream(schemas::stream::DEFAULT_STREAM)
         .await
         .unwrap();
-    let genuine = js_stream.get_raw_message(2).await.unwrap();
-    publish("sync.someone-else.todo.tasks", genuine.payload.to_vec()).await;
-    let after = app
-        .push(
-            "alice",
-            "c",
-            "todo",
-            &changes(json!([{"table": "tasks", "id": "ok2", "op": "insert", "data": {}}])),
-        )
-        .await;
-    assert_eq!(after.status, StatusCode::OK);
+    let genuine = stream.get_raw_message(2).await.unwrap();
+    // 3: a trusted publisher's event with a NUL in its data, which PostgreSQL cannot store.
+    let mut nul: Value = serde_json::from_slice(&genuine.payload).unwrap();
+    nul["eventId"] = json!(uuid::Uuid::new_v4());
+    nul["payload"]["data"] = json!({"bad": "a\u{0}b"});
+    js.publish(
+        genuine.subject.clone(),
+        serde_json::to_vec(&nul).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // 4: the genuine event again, published on another space's subject.
+    js.publish("sync.someone-else.todo.tasks", genuine.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // 5: the log moves on.
+    push_one(&app, "ok2").await;
     app.wait_projected().await;
 
-    let parked: Vec<(i64, String)> =
-        sqlx::query_as("SELECT seq, reason FROM dead_letters ORDER BY seq")
+    let parked = parked(&app).await;
+    let seqs: Vec<_> = parked.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, [1, 3, 4], "{parked:?}");
+    assert!(parked[0].1.contains("undecodable"), "{parked:?}");
+    assert!(parked[1].1.contains("NUL"), "{parked:?}");
+    assert!(parked[2].1.contains("published on"), "{parked:?}");
+    assert_eq!(pulled_ids(&app).await, ["ok1", "ok2"]);
+}
+
+#[tokio::test]
+async fn a_change_the_records_stage_cannot_store_is_parked_and_the_rest_applied() {
+    let app = TestApp::spawn().await;
+    // Stand-in for any data PostgreSQL refuses when merging into records.
+    sqlx::query("ALTER TABLE records ADD CONSTRAINT refuse_poison CHECK (record_id <> 'poison')")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let batch = changes(json!([
+        {"table": "tasks", "id": "a", "op": "insert", "data": {}},
+        {"table": "tasks", "id": "poison", "op": "insert", "data": {}},
+        {"table": "tasks", "id": "b", "op": "insert", "data": {}},
+    ]));
+    assert_eq!(
+        app.push("alice", "c", "todo", &batch).await.status,
+        StatusCode::OK
+    );
+    app.wait_projected().await;
+
+    let parked = parked(&app).await;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].0, 2);
+    assert!(parked[0].1.starts_with("records stage"), "{parked:?}");
+    let records: Vec<String> =
+        sqlx::query_scalar("SELECT record_id FROM records ORDER BY record_id")
             .fetch_all(&app.db.pool)
             .await
             .unwrap();
-    assert_eq!(parked.len(), 3, "{parked:?}");
-    assert!(parked[0].1.contains("undecodable"), "{parked:?}");
-    assert!(
-        parked[1].1.to_lowercase().contains("unicode") || parked[1].1.contains("\\u0000"),
-        "{parked:?}"
-    );
-    assert!(parked[2].1.contains("published on"), "{parked:?}");
-
-    let (seen, _) = app.pull_all("alice", "reader", "todo", "tasks", "").await;
-    let ids: Vec<_> = seen.iter().map(|c| c["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["ok1", "ok2"]);
+    assert_eq!(records, ["a", "b"]);
 }

@@ -85,7 +85,8 @@ async fn insert_update_delete_reach_a_second_client_of_the_same_user() {
     assert!(rest.is_empty());
     assert_eq!(again, cursor);
 
-    // The record state merged field by field.
+    // The record state merged field by field (the records stage follows the log stage).
+    app.wait_projected().await;
     let t1: serde_json::Value =
         sqlx::query_scalar("SELECT data FROM records WHERE record_id = 't1'")
             .fetch_one(&app.db.pool)
