@@ -84,7 +84,12 @@ impl Log {
     /// Up to 1000 events go in as one atomic batch: all are stored or none. Any failure
     /// is a 503 and the client retries; the deterministic message ids make a retry land
     /// each event exactly once.
-    pub async fn publish_all(&self, events: &[PreparedEvent]) -> Result<u64, ApiError> {
+    ///
+    /// Returns the log position just before the push's first change when it is known
+    /// (not for a resend JetStream recognised): every push acknowledged before this one
+    /// arrived lies at or below it, so it bounds what read-your-writes must wait for
+    /// without another round trip.
+    pub async fn publish_all(&self, events: &[PreparedEvent]) -> Result<Option<u64>, ApiError> {
         if !self.connected() {
             return Err(ApiError::unavailable(LOG, "not connected"));
         }
@@ -99,18 +104,21 @@ impl Log {
             )));
         }
         let publish = async {
-            let mut last = 0;
-            for chunk in events.chunks(MAX_ATOMIC_BATCH) {
-                last = match self.publish_atomic(chunk).await {
-                    Ok(seq) => seq,
+            let mut before_first = None;
+            for (i, chunk) in events.chunks(MAX_ATOMIC_BATCH).enumerate() {
+                let before = match self.publish_atomic(chunk).await {
+                    Ok(before) => before,
                     Err(PublishFailure::AlreadyPartlyLogged) => self.publish_each(chunk).await?,
                     Err(PublishFailure::Failed(why)) => return Err(why),
                 };
+                if i == 0 {
+                    before_first = before;
+                }
             }
-            Ok(last)
+            Ok(before_first)
         };
         match tokio::time::timeout(self.publish_timeout, publish).await {
-            Ok(Ok(seq)) => Ok(seq),
+            Ok(Ok(before)) => Ok(before),
             Ok(Err(why)) => Err(ApiError::unavailable(LOG, why)),
             Err(_) => Err(ApiError::unavailable(
                 LOG,
@@ -121,7 +129,8 @@ impl Log {
 
     /// One atomic batch: every message but the last is staged by the server; the last
     /// commits the batch and is answered with the sequence of the last message stored.
-    async fn publish_atomic(&self, chunk: &[PreparedEvent]) -> Result<u64, PublishFailure> {
+    /// Returns the position just before the batch.
+    async fn publish_atomic(&self, chunk: &[PreparedEvent]) -> Result<Option<u64>, PublishFailure> {
         if chunk.len() == 1 {
             return self
                 .publish_each(chunk)
@@ -155,7 +164,7 @@ impl Log {
                 .await
                 .map_err(|e| failed(&e))?;
             return match serde_json::from_slice::<CommitReply>(&reply.payload) {
-                Ok(CommitReply::Ack { seq }) => Ok(seq),
+                Ok(CommitReply::Ack { seq }) => Ok(seq.checked_sub(chunk.len() as u64)),
                 Ok(CommitReply::Err { error })
                     if error.error_code()
                         == ErrorCode::ATOMIC_PUBLISH_CONTAINS_DUPLICATE_MESSAGE =>
@@ -169,8 +178,9 @@ impl Log {
         Err(PublishFailure::Failed("empty batch".into()))
     }
 
-    /// Events published one by one (each deduplicated by its message id), all acks awaited.
-    async fn publish_each(&self, events: &[PreparedEvent]) -> Result<u64, String> {
+    /// Events published one by one (each deduplicated by its message id), all acks
+    /// awaited. Returns the position just before the first, unless one was a duplicate.
+    async fn publish_each(&self, events: &[PreparedEvent]) -> Result<Option<u64>, String> {
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
             let msg = PublishMessage::build()
@@ -184,7 +194,14 @@ impl Log {
             acks.push(ack.into_future());
         }
         let acks = try_join_all(acks).await.map_err(|e| e.to_string())?;
-        Ok(acks.iter().map(|a| a.sequence).max().unwrap_or(0))
+        if acks.iter().any(|a| a.duplicate) {
+            return Ok(None);
+        }
+        Ok(acks
+            .iter()
+            .map(|a| a.sequence)
+            .min()
+            .and_then(|s| s.checked_sub(1)))
     }
 
     /// The sequence of the last event in the log.

@@ -56,12 +56,18 @@ pub async fn push(
         request.changes,
     )?;
 
-    // The log position when the request arrived: the response must include everything
-    // acknowledged before it (our own changes are excluded from it anyway).
-    let arrived_at = state.log().last_seq().await?;
-    if !events.is_empty() {
-        state.log().publish_all(&events).await?;
-    }
+    // The response must include every push acknowledged before this one arrived: all of
+    // them lie before this push's first change (or, when that is unknown, before the
+    // log's end). Our own changes are excluded from the response anyway.
+    let before = if events.is_empty() {
+        None
+    } else {
+        state.log().publish_all(&events).await?
+    };
+    let arrived_at = match before {
+        Some(position) => position,
+        None => state.log().last_seq().await?,
+    };
     let upto = state.wait_for_position(arrived_at).await?;
     let response = state
         .read_page(
