@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use projector::apply::read_checkpoint;
 use schemas::projection::CHECKPOINT_CHANNEL;
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::watch;
@@ -55,15 +56,6 @@ impl Progress {
             _ => Ok(Some(self.read().await?).filter(|seq| *seq >= target)),
         }
     }
-}
-
-async fn read_checkpoint(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
-    let seq: Option<i64> =
-        sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1")
-            .bind(name)
-            .fetch_optional(pool)
-            .await?;
-    Ok(seq.unwrap_or(0) as u64)
 }
 
 /// Listens for checkpoint notifications; on any failure reconnects, re-reading the

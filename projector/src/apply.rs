@@ -65,11 +65,17 @@ pub async fn checkpoint(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
     .bind(name)
     .execute(pool)
     .await?;
-    let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1")
-        .bind(name)
-        .fetch_one(pool)
-        .await?;
-    Ok(seq as u64)
+    read_checkpoint(pool, name).await
+}
+
+/// The checkpoint of `name` (0 when it has none yet); read-only.
+pub async fn read_checkpoint(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
+    let seq: Option<i64> =
+        sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    Ok(seq.unwrap_or(0) as u64)
 }
 
 /// Applies `batch` (in log order) exactly once in effect: messages at or below the

@@ -213,7 +213,7 @@ impl Projector {
             if *stop.borrow() {
                 return Ok(());
             }
-            let upto = apply::checkpoint(&self.pool, &self.config.name).await?;
+            let upto = apply::read_checkpoint(&self.pool, &self.config.name).await?;
             let reached =
                 records::apply_upto(&self.pool, &name, upto, self.config.batch_size).await?;
             if reached < upto {
