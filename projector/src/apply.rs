@@ -78,6 +78,21 @@ pub async fn read_checkpoint(pool: &PgPool, name: &str) -> Result<u64, sqlx::Err
     Ok(seq.unwrap_or(0) as u64)
 }
 
+/// Opens a transaction holding the checkpoint row of `name` locked: a second process
+/// with the same name waits here instead of applying the same messages concurrently.
+pub(crate) async fn begin_at_checkpoint<'c>(
+    pool: &PgPool,
+    name: &str,
+) -> Result<(Transaction<'c, Postgres>, i64), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let last: i64 =
+        sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+    Ok((tx, last))
+}
+
 /// Applies `batch` (in log order) exactly once in effect: messages at or below the
 /// checkpoint are skipped, events already in the change log (same sequence or same
 /// event id) are not applied again.
@@ -105,12 +120,7 @@ async fn apply(
     batch: &[Incoming],
     force_park: Option<&str>,
 ) -> Result<Applied, ApplyError> {
-    let mut tx = pool.begin().await?;
-    let last: i64 =
-        sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?;
+    let (mut tx, last) = begin_at_checkpoint(pool, name).await?;
     let fresh: Vec<&Incoming> = batch.iter().filter(|m| m.seq as i64 > last).collect();
     let Some(top) = fresh.last().map(|m| m.seq) else {
         return Ok(Applied {

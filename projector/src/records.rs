@@ -14,7 +14,7 @@ use schemas::{FieldValue, Op, RecordChanged, time};
 use serde_json::{Map, Value};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-use crate::apply::ApplyError;
+use crate::apply::{ApplyError, begin_at_checkpoint};
 
 /// Name of the records stage's checkpoint for projector `name`.
 pub fn checkpoint_name(name: &str) -> String {
@@ -66,12 +66,7 @@ async fn apply(
     limit: usize,
     park: Option<&str>,
 ) -> Result<u64, ApplyError> {
-    let mut tx = pool.begin().await?;
-    let last: i64 =
-        sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?;
+    let (mut tx, last) = begin_at_checkpoint(pool, name).await?;
     if last as u64 >= upto {
         return Ok(last as u64);
     }
