@@ -275,6 +275,8 @@ async fn merge_records(
     Ok(())
 }
 
+/// No row locks: the records stage is the only writer of `records`, and its locked
+/// checkpoint row already keeps a second instance out.
 async fn load_existing(
     tx: &mut Transaction<'_, Postgres>,
     keys: &[Key],
@@ -291,8 +293,7 @@ async fn load_existing(
                 r.author_id, r.created_seq, r.updated_seq \
          FROM records r \
          JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS k(space_id, app_id, table_name, record_id) \
-           USING (space_id, app_id, table_name, record_id) \
-         FOR UPDATE OF r",
+           USING (space_id, app_id, table_name, record_id)",
     )
     .bind(&cols[0])
     .bind(&cols[1])
