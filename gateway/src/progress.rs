@@ -34,6 +34,11 @@ impl Progress {
         read_checkpoint(&self.pool, &self.name).await
     }
 
+    /// The records stage's checkpoint (record state follows the change log).
+    pub async fn read_records(&self) -> Result<u64, sqlx::Error> {
+        read_checkpoint(&self.pool, &projector::records::checkpoint_name(&self.name)).await
+    }
+
     /// Waits until the projector has applied the log up to `target`, at most `timeout`.
     /// Returns the checkpoint reached, or `None` when it was not reached in time.
     pub async fn wait_for(

@@ -8,9 +8,10 @@ use crate::AppState;
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let last_seq = state.log().last_seq().await.ok();
     let checkpoint = state.progress().read().await.ok();
+    let records = state.progress().read_records().await.ok();
     let nats_ok = last_seq.is_some();
     let pg_ok = checkpoint.is_some();
-    let lag = last_seq.zip(checkpoint).map(|(l, c)| l.saturating_sub(c));
+    let lag = |stage: Option<u64>| last_seq.zip(stage).map(|(l, c)| l.saturating_sub(c));
     let status = if nats_ok && pg_ok {
         StatusCode::OK
     } else {
@@ -20,7 +21,11 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "status": if status == StatusCode::OK { "ok" } else { "degraded" },
         "nats": { "ok": nats_ok, "lastSeq": last_seq },
         "postgres": { "ok": pg_ok },
-        "projector": { "checkpoint": checkpoint, "lag": lag },
+        "projector": {
+            "checkpoint": checkpoint,
+            "lag": lag(checkpoint),
+            "records": { "checkpoint": records, "lag": lag(records) },
+        },
     });
     (status, Json(body))
 }

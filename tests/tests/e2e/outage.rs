@@ -86,6 +86,7 @@ async fn health_reports_nats_postgres_and_projector_lag() {
     assert_eq!(health.body["postgres"]["ok"], true);
     assert_eq!(health.body["projector"]["lag"], 0);
     assert_eq!(health.body["projector"]["checkpoint"], 1);
+    assert_eq!(health.body["projector"]["records"]["lag"], 0);
 }
 
 #[tokio::test]

@@ -164,3 +164,80 @@ async fn requests_without_a_valid_token_are_refused() {
     }
     assert_eq!(app.stream_messages().await, 0);
 }
+
+#[tokio::test]
+async fn client_id_may_come_from_the_body_and_legacy_timestamps_work_as_since() {
+    let app = TestApp::spawn().await;
+    let url = format!("{}/sync/todo", app.gateway.base);
+    let first = send(
+        app.http
+            .post(&url)
+            .bearer_auth(app.token("alice"))
+            .json(&json!({
+                "clientId": "old-client",
+                "changes": [{"table": "tasks", "id": "before", "op": "insert", "data": {}}],
+            })),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    app.wait_projected().await;
+    let between = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let second = app
+        .push(
+            "alice",
+            "old-client",
+            "todo",
+            &changes(json!([{"table": "tasks", "id": "after", "op": "insert", "data": {}}])),
+        )
+        .await;
+    assert_eq!(second.status, StatusCode::OK);
+
+    // The body's clientId counts as the pushing client: no echo to it.
+    let (own, _) = app
+        .pull_all("alice", "old-client", "todo", "tasks", "")
+        .await;
+    assert!(own.is_empty(), "{own:?}");
+    // A legacy timestamp cursor means "from the first event logged at or after it".
+    let (since_between, _) = app
+        .pull_all("alice", "phone", "todo", "tasks", &between)
+        .await;
+    let ids: Vec<_> = since_between
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["after"]);
+    let (all, _) = app
+        .pull_all(
+            "alice",
+            "phone",
+            "todo",
+            "tasks",
+            "1970-01-01T00:00:00.000Z",
+        )
+        .await;
+    assert_eq!(all.len(), 2);
+}
+
+#[tokio::test]
+async fn user_ids_with_subject_syntax_cannot_change_the_subject() {
+    let app = TestApp::spawn().await;
+    let user = "a.b*c >d";
+    let reply = app
+        .push(user, "c", "todo", &changes(json!([{"table": "tasks", "id": "1", "op": "insert", "data": {}, "spaceId": format!("_personal:{user}")}])))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let js = app.nats.jetstream().await;
+    let stream = js
+        .get_stream(schemas::stream::DEFAULT_STREAM)
+        .await
+        .unwrap();
+    let msg = stream.get_raw_message(1).await.unwrap();
+    let tokens: Vec<_> = msg.subject.split('.').collect();
+    assert_eq!(tokens.len(), 4, "{}", msg.subject);
+    assert_eq!(tokens[2..], ["todo", "tasks"]);
+    assert!(!msg.subject.contains('*') && !msg.subject.contains('>') && !msg.subject.contains(' '));
+    let (seen, _) = app.pull_all(user, "other", "todo", "tasks", "").await;
+    assert_eq!(seen.len(), 1);
+}
