@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use schemas::{Envelope, Event, subject::change_subject, time};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 
 pub use schemas::projection::CHECKPOINT_CHANNEL;
 
@@ -158,7 +158,7 @@ async fn apply(
     tx.commit().await?;
     Ok(Applied {
         checkpoint: top,
-        events: inserted.len(),
+        events: inserted as usize,
         parked: poison.len(),
     })
 }
@@ -187,9 +187,9 @@ type Decoded<'a> = (&'a Incoming, Envelope);
 async fn insert_change_log(
     tx: &mut Transaction<'_, Postgres>,
     changes: &[Decoded<'_>],
-) -> Result<Vec<u64>, sqlx::Error> {
+) -> Result<u64, sqlx::Error> {
     if changes.is_empty() {
-        return Ok(Vec::new());
+        return Ok(0);
     }
     let n = changes.len();
     let mut seq = Vec::with_capacity(n);
@@ -248,13 +248,13 @@ async fn insert_change_log(
         received.push(env.metadata.received_at);
         logged.push(msg.logged_at);
     }
-    let rows = sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO change_log (seq, event_id, app_id, space_id, table_name, record_id, op, at, data, fields, \
                                  user_id, client_id, actor, origin, schema_version, received_at, logged_at) \
          SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
                               $8::timestamptz[], $9::json[], $10::json[], $11::text[], $12::text[], $13::json[], \
                               $14::json[], $15::int4[], $16::timestamptz[], $17::timestamptz[]) \
-         ON CONFLICT DO NOTHING RETURNING seq",
+         ON CONFLICT DO NOTHING",
     )
     .bind(&seq)
     .bind(&event_id)
@@ -273,9 +273,9 @@ async fn insert_change_log(
     .bind(&version)
     .bind(&received)
     .bind(&logged)
-    .fetch_all(&mut **tx)
+    .execute(&mut **tx)
     .await?;
-    Ok(rows.iter().map(|r| r.get::<i64, _>(0) as u64).collect())
+    Ok(inserted.rows_affected())
 }
 
 /// JSON text of a value (`change_log` stores payloads as `json`, passed as text).
