@@ -153,15 +153,7 @@ pub async fn measure(
             run.complete = false;
             break;
         }
-        let t0 = Instant::now();
-        let reply = match pull(after).await {
-            Ok(resp) => {
-                let status = resp.status();
-                resp.bytes().await.map(|b| (status, b))
-            }
-            Err(e) => Err(e),
-        };
-        let elapsed = t0.elapsed();
+        let (elapsed, reply) = workload::timed_request(pull(after)).await;
         match reply {
             Ok((status, body)) if status.is_success() => {
                 run.gateway.saturating_record(elapsed.as_micros() as u64);

@@ -177,15 +177,7 @@ async fn gateway_device(
             Some(body) => body.clone(),
             None => workload::body(since.as_deref(), changes),
         };
-        let t0 = Instant::now();
-        let reply = match send(body).await {
-            Ok(resp) => {
-                let status = resp.status();
-                resp.bytes().await.map(|b| (status, b))
-            }
-            Err(e) => Err(e),
-        };
-        let elapsed = t0.elapsed();
+        let (elapsed, reply) = workload::timed_request(send(body)).await;
         match reply {
             Ok((status, bytes)) if status.is_success() => {
                 out.ok(elapsed, device.per_batch);

@@ -90,6 +90,21 @@ pub fn devices(
 
 /// A push body: `since` (the cursor of the previous response, as real clients send
 /// it) spliced in front of the pre-serialized changes; a copy, no serialization.
+/// Sends a request and reads its whole body, timing both: the latency a client sees.
+pub async fn timed_request(
+    request: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+) -> (Duration, reqwest::Result<(reqwest::StatusCode, Bytes)>) {
+    let t0 = std::time::Instant::now();
+    let reply = match request.await {
+        Ok(resp) => {
+            let status = resp.status();
+            resp.bytes().await.map(|b| (status, b))
+        }
+        Err(e) => Err(e),
+    };
+    (t0.elapsed(), reply)
+}
+
 pub fn body(since: Option<&str>, changes: &Bytes) -> Bytes {
     let mut b = Vec::with_capacity(changes.len() + 48);
     b.push(b'{');

@@ -24,7 +24,7 @@ pub struct RecordState {
 }
 
 impl RecordState {
-    /// Applies one event to the state (`None` for a record not seen before).
+    /// Applies one event to the state (start from `default()` for a record not seen before).
     pub fn apply(mut self, change: &RecordChanged) -> RecordState {
         match change.op {
             Op::Insert => {
