@@ -40,19 +40,55 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::Unauthorized("missing Authorization header".into()))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                ApiError::Unauthorized("Authorization must be `Bearer <token>`".into())
-            })?;
-        let user_id = state.verifier().verify(token.trim()).await?;
+        let token = bearer(parts)?;
+        let user_id = state.verifier().verify(token).await?;
         Ok(AuthUser { user_id })
+    }
+}
+
+/// The bearer credential of a request.
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization header".into()))?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .ok_or_else(|| ApiError::Unauthorized("Authorization must be `Bearer <token>`".into()))?;
+    Ok(token.trim())
+}
+
+/// A trusted service, authenticated by the service key (`Authorization: Bearer <key>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Service;
+
+impl FromRequestParts<AppState> for Service {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(key) = &state.config().service_key else {
+            return Err(ApiError::Unauthorized(
+                "the internal API is disabled (no service key configured)".into(),
+            ));
+        };
+        let presented = bearer(parts)?;
+        // Constant time in the length of the presented key.
+        let expected = key.0.as_bytes();
+        let differs = presented
+            .bytes()
+            .enumerate()
+            .fold(presented.len() ^ expected.len(), |acc, (i, b)| {
+                acc | usize::from(expected.get(i).is_none_or(|e| *e != b))
+            });
+        if differs != 0 {
+            return Err(ApiError::Unauthorized("invalid service key".into()));
+        }
+        Ok(Service)
     }
 }
 

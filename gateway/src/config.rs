@@ -48,6 +48,10 @@ pub struct Config {
     /// it arrived (read-your-writes), in milliseconds.
     #[arg(long, env = "READ_YOUR_WRITES_TIMEOUT_MS", default_value_t = 10_000)]
     pub read_your_writes_timeout_ms: u64,
+    /// Key that trusted services present (`Authorization: Bearer <key>`) to use the
+    /// internal membership API. Without one, that API is disabled.
+    #[arg(long, env = "SERVICE_KEY")]
+    pub service_key: Option<Secret>,
     /// Longest a push waits for JetStream to acknowledge its events, in milliseconds.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,

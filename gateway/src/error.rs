@@ -42,6 +42,29 @@ impl ApiError {
         }
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::Forbidden {
+            message: message.into(),
+            index: None,
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code: "not_found",
+            message: message.into(),
+            index: None,
+        }
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code: "conflict",
+            message: message.into(),
+            index: None,
+        }
+    }
+
     pub fn unavailable(what: &'static str, cause: impl std::fmt::Display) -> Self {
         Self::Unavailable {
             what,
@@ -82,7 +105,14 @@ impl IntoResponse for ApiError {
                 code,
                 message,
                 index,
-            } => (StatusCode::BAD_REQUEST, *code, message.clone(), *index),
+            } => {
+                let status = match *code {
+                    "not_found" => StatusCode::NOT_FOUND,
+                    "conflict" => StatusCode::CONFLICT,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                (status, *code, message.clone(), *index)
+            }
             Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.clone(), None),
             Self::Forbidden { message, index } => {
                 (StatusCode::FORBIDDEN, "forbidden", message.clone(), *index)

@@ -6,9 +6,10 @@ pub mod auth;
 pub mod config;
 pub mod error;
 mod log;
+pub mod membership;
 mod progress;
 mod routes;
-mod store;
+pub mod store;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -26,7 +27,9 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 pub use config::Config;
-use {auth::Verifier, error::ApiError, log::Log, progress::Progress};
+use {
+    auth::Verifier, error::ApiError, log::Log, membership::MembershipView, progress::Progress,
+};
 
 /// Shared state of every request.
 #[derive(Clone)]
@@ -35,6 +38,7 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     config: Config,
     log: Log,
+    memberships: MembershipView,
     pool: PgPool,
     progress: Progress,
     verifier: Verifier,
@@ -43,6 +47,19 @@ struct Inner {
 impl AppState {
     pub(crate) fn log(&self) -> &Log {
         &self.0.log
+    }
+
+    pub(crate) fn memberships(&self) -> &MembershipView {
+        &self.0.memberships
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// What the caller may read and write at this moment (503 if that cannot be known).
+    pub(crate) async fn access(&self, user_id: &str) -> Result<Access, ApiError> {
+        self.memberships().access(user_id).await
     }
 
     pub(crate) fn progress(&self) -> &Progress {
@@ -78,10 +95,14 @@ impl AppState {
         }
     }
 
+    /// A page of what the caller may see, read as the caller: the query names only
+    /// `spaces` (which the caller may read), and PostgreSQL's row-level security holds
+    /// it to the caller's spaces and private records again.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn read_page(
         &self,
         access: &Access,
+        spaces: &[String],
         app_id: &str,
         table: Option<&str>,
         since: Since,
@@ -89,18 +110,18 @@ impl AppState {
         exclude: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<SyncResponse, ApiError> {
+        let mut tx = store::begin_as(&self.0.pool, access).await?;
         let after = match since {
             Since::Start => 0,
             Since::After(cursor) => cursor.seq(),
-            Since::Timestamp(t) => store::position_at(&self.0.pool, t, upto).await?,
+            Since::Timestamp(t) => store::position_at(&mut tx, t, upto).await?,
         };
-        let spaces = access.readable_spaces();
         let page = store::changes_since(
-            &self.0.pool,
+            &mut tx,
             &store::ChangeQuery {
                 app_id,
                 table,
-                spaces: &spaces,
+                spaces,
                 after,
                 upto,
                 exclude,
@@ -108,6 +129,7 @@ impl AppState {
             },
         )
         .await?;
+        tx.commit().await?;
         Ok(SyncResponse {
             server_changes: page.changes,
             conflicts: Vec::new(),
@@ -136,12 +158,20 @@ impl App {
             .await
             .context("connecting to NATS")?;
         let progress = Progress::follow(pool.clone(), config.projector_name.clone());
+        let memberships = MembershipView::follow(
+            log.jetstream().clone(),
+            log.stream_name().to_owned(),
+            pool.clone(),
+            config.projector_name.clone(),
+            log.disconnects(),
+        );
         let listener = TcpListener::bind(config.listen)
             .await
             .context("binding the listener")?;
         let state = AppState(Arc::new(Inner {
             config,
             log,
+            memberships,
             pool,
             progress,
             verifier,
@@ -175,6 +205,7 @@ fn router(state: AppState) -> Router {
         .route("/sync/{app_id}", post(routes::push::push))
         .route("/sync/{app_id}/pull", get(routes::pull::pull))
         .route("/health", get(routes::health::health))
+        .merge(routes::internal::router())
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

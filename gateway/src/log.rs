@@ -15,7 +15,7 @@ use async_nats::{
 use futures::future::try_join_all;
 use ingest::PreparedEvent;
 use serde::Deserialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::error::ApiError;
 
@@ -35,6 +35,7 @@ pub struct Log {
     stream: String,
     publish_timeout: Duration,
     batches: Arc<Semaphore>,
+    disconnects: watch::Sender<u64>,
 }
 
 /// The server's answer to a batch commit: an ack or an API error.
@@ -56,8 +57,16 @@ impl Log {
         conn: &projector::Connections,
         publish_timeout: Duration,
     ) -> anyhow::Result<Self> {
+        let disconnects = watch::Sender::new(0u64);
+        let ticks = disconnects.clone();
         let client = async_nats::ConnectOptions::new()
             .name("gateway")
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    ticks.send_modify(|n| *n += 1);
+                }
+                std::future::ready(())
+            })
             .retry_on_initial_connect()
             .connect(&conn.nats_url)
             .await?;
@@ -73,7 +82,21 @@ impl Log {
             stream: conn.stream.clone(),
             publish_timeout,
             batches: Arc::new(Semaphore::new(ATOMIC_BATCHES_IN_FLIGHT)),
+            disconnects,
         })
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn stream_name(&self) -> &str {
+        &self.stream
+    }
+
+    /// Ticks each time the connection to NATS drops.
+    pub fn disconnects(&self) -> watch::Receiver<u64> {
+        self.disconnects.subscribe()
     }
 
     pub fn connected(&self) -> bool {
@@ -202,6 +225,16 @@ impl Log {
             .map(|a| a.sequence)
             .min()
             .and_then(|s| s.checked_sub(1)))
+    }
+
+    /// Publishes events that must be stored together (an atomic batch) and returns the
+    /// sequence of the last one.
+    pub async fn publish_events(&self, events: &[PreparedEvent]) -> Result<u64, ApiError> {
+        match self.publish_all(events).await? {
+            Some(before) => Ok(before + events.len() as u64),
+            // A resend: the events are in the log already, at or before its end.
+            None => self.last_seq().await,
+        }
     }
 
     /// The sequence of the last event in the log.

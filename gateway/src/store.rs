@@ -2,10 +2,35 @@
 //! cursor C, up to the projector's committed position", in log order.
 
 use chrono::{DateTime, Utc};
+use ingest::Access;
 use schemas::{Cursor, wire::ServerChange};
 use serde_json::{Map, Value};
-use sqlx::{PgPool, Row, postgres::PgRow};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction, postgres::PgRow};
 use uuid::Uuid;
+
+/// The database role reads go through: no BYPASSRLS, SELECT on tenant tables only.
+pub const READER_ROLE: &str = "sync_reader";
+
+/// Opens a transaction that reads as `access`'s caller: in the reader role, with the
+/// caller's id and readable spaces set for the row-level security policies. Whatever
+/// a query in it selects, rows of spaces the caller is not a member of, and private
+/// records of other authors, are not there.
+pub async fn begin_as(
+    pool: &PgPool,
+    access: &Access,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "SELECT set_config('role', $1, true), set_config('sync.user_id', $2, true), \
+                set_config('sync.spaces', $3::text[]::text, true)",
+    )
+    .bind(READER_ROLE)
+    .bind(access.user_id())
+    .bind(access.readable_spaces())
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
+}
 
 /// What to read.
 pub struct ChangeQuery<'a> {
@@ -35,7 +60,10 @@ const COLUMNS: &str = "seq, event_id, table_name, record_id, op, at, data, field
 
 /// Reads one page. Each space is an index range scan (`space, app[, table], seq`),
 /// merged by sequence, so the cost follows the caller's data, not the table's size.
-pub async fn changes_since(pool: &PgPool, q: &ChangeQuery<'_>) -> Result<Page, sqlx::Error> {
+pub async fn changes_since(
+    conn: &mut PgConnection,
+    q: &ChangeQuery<'_>,
+) -> Result<Page, sqlx::Error> {
     if q.after >= q.upto || q.spaces.is_empty() {
         // Nothing to read: the cursor stays, or moves to the committed position.
         return Ok(Page {
@@ -68,7 +96,7 @@ pub async fn changes_since(pool: &PgPool, q: &ChangeQuery<'_>) -> Result<Page, s
         .bind(q.table)
         .bind(client)
         .bind(user)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     let has_more = rows.len() > q.limit;
     let changes: Vec<ServerChange> = rows
@@ -88,12 +116,16 @@ pub async fn changes_since(pool: &PgPool, q: &ChangeQuery<'_>) -> Result<Page, s
 }
 
 /// The position just before the first event logged at or after `t` (legacy cursors).
-pub async fn position_at(pool: &PgPool, t: DateTime<Utc>, upto: u64) -> Result<u64, sqlx::Error> {
+pub async fn position_at(
+    conn: &mut PgConnection,
+    t: DateTime<Utc>,
+    upto: u64,
+) -> Result<u64, sqlx::Error> {
     let seq: Option<i64> = sqlx::query_scalar(
         "SELECT seq FROM change_log WHERE logged_at >= $1 ORDER BY logged_at, seq LIMIT 1",
     )
     .bind(t)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     Ok(seq.map_or(upto, |s| (s as u64).saturating_sub(1)))
 }

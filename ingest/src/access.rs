@@ -1,24 +1,12 @@
 //! What a caller may read and write: their personal space, plus the spaces they are a
-//! member of with a role. Membership state arrives with the spaces issue; until then
-//! only the personal space is accessible and every other space is refused (fail closed).
+//! member of with a role, as the membership view (`crate::membership`) has it at the
+//! moment of the request. There is no "unknown" access: a caller whose memberships
+//! cannot be read is refused before an `Access` exists (fail closed).
 
 use std::collections::HashMap;
 
+pub use schemas::Role;
 use schemas::space::{PERSONAL_SENTINEL_PREFIX, personal_space_id};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Owner,
-    Admin,
-    Member,
-    Viewer,
-}
-
-impl Role {
-    pub fn can_write(self) -> bool {
-        !matches!(self, Role::Viewer)
-    }
-}
 
 /// A caller's access at the moment of a request.
 #[derive(Debug, Clone)]
@@ -66,7 +54,11 @@ impl Access {
     }
 
     pub fn can_write(&self, space: &str) -> bool {
-        self.roles.get(space).is_some_and(|r| r.can_write())
+        self.role(space).is_some_and(Role::can_write)
+    }
+
+    pub fn role(&self, space: &str) -> Option<Role> {
+        self.roles.get(space).copied()
     }
 
     /// Every space the caller may read, sorted (a stable order keeps queries cacheable).

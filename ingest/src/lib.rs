@@ -5,6 +5,7 @@
 pub mod access;
 pub mod error;
 pub mod lww;
+pub mod membership;
 pub mod prepare;
 pub mod validate;
 

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use schemas::{
     Envelope, Event, FieldValue, Metadata, Op, RecordChanged,
-    event::EVENT_SCHEMA_VERSION,
+    event::{AUTHOR_FIELD, EVENT_SCHEMA_VERSION},
     stream::MAX_EVENT_BYTES,
-    subject::change_subject,
     time::{clamp_to_receipt, parse_instant, truncate_micros},
 };
 use serde_json::Value;
@@ -57,20 +56,63 @@ fn prepare_one(
     i: usize,
     change: ClientChange,
 ) -> Result<PreparedEvent, RejectedBatch> {
+    let forbidden = |why: String| RejectedBatch::forbidden(i, format!("change {i}: {why}"));
     let space_id = ctx
         .access
         .resolve_space(change.space_id.as_deref())
-        .map_err(|why| RejectedBatch::forbidden(i, format!("change {i}: {why}")))?;
-    if !ctx.access.can_write(&space_id) {
-        return Err(RejectedBatch::forbidden(
-            i,
-            format!("change {i}: you may not write into space {space_id:?}"),
-        ));
+        .map_err(forbidden)?;
+    for claim in change.space_claims.iter().skip(1) {
+        if ctx.access.resolve_space(Some(claim)).map_err(forbidden)? != space_id {
+            return Err(forbidden(format!(
+                "a change may not move a record into another space ({:?} and {claim:?})",
+                change.space_claims[0]
+            )));
+        }
+    }
+    match ctx.access.role(&space_id) {
+        None => {
+            return Err(forbidden(format!(
+                "you are not a member of space {space_id:?}"
+            )));
+        }
+        Some(role) if !role.can_write() => {
+            return Err(forbidden(format!(
+                "your role in space {space_id:?} ({}) may not write",
+                role.as_str()
+            )));
+        }
+        Some(_) => {}
+    }
+    let user = ctx.access.user_id();
+    let claimed_author = change
+        .data
+        .as_ref()
+        .and_then(|d| d.get(AUTHOR_FIELD))
+        .into_iter()
+        .chain(
+            change
+                .fields
+                .as_ref()
+                .and_then(|f| f.get(AUTHOR_FIELD))
+                .map(|(v, _)| v),
+        )
+        .filter_map(Value::as_str)
+        .find(|author| *author != user);
+    if let Some(author) = claimed_author {
+        return Err(forbidden(format!(
+            "`authorId` {author:?} is not you; the server sets it"
+        )));
+    }
+    let mut data = change.data;
+    if change.op == Op::Insert
+        && let Some(data) = data.as_mut()
+    {
+        data.insert(AUTHOR_FIELD.to_owned(), Value::from(user));
     }
     let clamp = |t: DateTime<Utc>| clamp_to_receipt(truncate_micros(t), received_at);
     let at = match change.op {
         Op::Insert => Some(clamp(
-            insert_time(change.data.as_ref()).unwrap_or(received_at),
+            insert_time(data.as_ref()).unwrap_or(received_at),
         )),
         Op::Delete => Some(clamp(change.deleted_at.unwrap_or(received_at))),
         Op::Update => None,
@@ -101,7 +143,7 @@ fn prepare_one(
             record_id: change.id,
             op: change.op,
             at,
-            data: change.data,
+            data,
             fields,
             client_schema_version: change.schema_version,
         }),
@@ -113,20 +155,26 @@ fn prepare_one(
             received_at,
         },
     };
-    let payload = envelope.to_json();
-    if payload.len() > MAX_EVENT_BYTES as usize {
+    let event = PreparedEvent::new(envelope);
+    if event.payload.len() > MAX_EVENT_BYTES as usize {
         return Err(RejectedBatch::TooLarge {
             index: Some(i),
             message: format!("change {i} is larger than {MAX_EVENT_BYTES} bytes"),
         });
     }
-    let Event::RecordChanged(rc) = &envelope.event;
-    Ok(PreparedEvent {
-        subject: change_subject(&rc.space_id, &rc.app_id, &rc.table),
-        msg_id: event_id.to_string(),
-        payload,
-        envelope,
-    })
+    Ok(event)
+}
+
+impl PreparedEvent {
+    /// Any event, on its subject, de-duplicated by its id.
+    pub fn new(envelope: Envelope) -> Self {
+        Self {
+            subject: envelope.event.subject(),
+            msg_id: envelope.event_id.to_string(),
+            payload: envelope.to_json(),
+            envelope,
+        }
+    }
 }
 
 /// The time of an insert: the record's own `updatedAt`, else `createdAt`, else receipt.
@@ -172,8 +220,10 @@ mod tests {
     }
 
     fn record(e: &PreparedEvent) -> &RecordChanged {
-        let Event::RecordChanged(rc) = &e.envelope.event;
-        rc
+        match &e.envelope.event {
+            Event::RecordChanged(rc) => rc,
+            other => panic!("not a record change: {other:?}"),
+        }
     }
 
     #[test]
@@ -272,5 +322,75 @@ mod tests {
         assert_eq!(ats[1], parse_instant("2026-03-01T00:00:00Z").unwrap());
         assert_eq!(ats[2], now);
         assert_eq!(ats[3], now);
+    }
+
+    #[test]
+    fn the_server_stamps_the_author_and_refuses_forged_ones() {
+        let alice = Access::personal_only("alice");
+        let now = Utc::now();
+        let events = prepare_batch(
+            ctx(&alice, now),
+            changes(json!([
+                {"table": "t", "id": "1", "op": "insert", "data": {"x": 1}},
+                {"table": "t", "id": "2", "op": "insert", "data": {"authorId": "alice"}},
+            ])),
+        )
+        .unwrap();
+        for e in &events {
+            assert_eq!(record(e).data.as_ref().unwrap()["authorId"], "alice");
+        }
+        for forged in [
+            json!({"table": "t", "id": "1", "op": "insert", "data": {"authorId": "bob"}}),
+            json!({"table": "t", "id": "1", "op": "update", "fields": {"authorId": {"value": "bob", "at": "2026-01-01T00:00:00Z"}}}),
+        ] {
+            let err = prepare_batch(ctx(&alice, now), changes(json!([forged]))).unwrap_err();
+            assert!(matches!(err, RejectedBatch::Forbidden { index: Some(0), .. }));
+        }
+    }
+
+    #[test]
+    fn a_change_cannot_move_a_record_between_spaces() {
+        let alice = Access::with_roles(
+            "alice",
+            std::collections::HashMap::from([("fam".to_owned(), schemas::Role::Member)]),
+        );
+        let now = Utc::now();
+        // Naming the same space twice (sentinel and id) is fine.
+        prepare_batch(
+            ctx(&alice, now),
+            changes(json!([{"table": "t", "id": "1", "op": "insert", "spaceId": "_personal:alice",
+                            "data": {"spaceId": alice.personal_space()}}])),
+        )
+        .unwrap();
+        for moving in [
+            json!({"table": "t", "id": "1", "op": "insert", "spaceId": "fam", "data": {"spaceId": "_personal:alice"}}),
+            json!({"table": "t", "id": "1", "op": "update", "spaceId": "fam", "fields": {"spaceId": {"value": "other", "at": "2026-01-01T00:00:00Z"}}}),
+        ] {
+            let err = prepare_batch(ctx(&alice, now), changes(json!([moving]))).unwrap_err();
+            assert!(
+                matches!(&err, RejectedBatch::Forbidden { message, .. } if message.contains("another space")),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn viewers_and_strangers_may_not_write() {
+        let vera = Access::with_roles(
+            "vera",
+            std::collections::HashMap::from([("fam".to_owned(), schemas::Role::Viewer)]),
+        );
+        let now = Utc::now();
+        for (space, why) in [("fam", "viewer"), ("club", "not a member")] {
+            let err = prepare_batch(
+                ctx(&vera, now),
+                changes(json!([{"table": "t", "id": "1", "op": "insert", "spaceId": space, "data": {}}])),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&err, RejectedBatch::Forbidden { message, .. } if message.contains(why)),
+                "{err:?}"
+            );
+        }
     }
 }

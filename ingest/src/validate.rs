@@ -31,6 +31,9 @@ pub struct ClientChange {
     pub deleted_at: Option<DateTime<Utc>>,
     /// As sent (possibly the `_personal:<userId>` sentinel); resolved by `prepare`.
     pub space_id: Option<String>,
+    /// Every space the change names (top-level, `data`, `fields`), in that order; they
+    /// must all resolve to one space (a change cannot move a record).
+    pub space_claims: Vec<String>,
     pub actor: Option<Value>,
     pub origin: Option<Value>,
     pub schema_version: u32,
@@ -160,7 +163,9 @@ fn parse_change(i: usize, raw: Value) -> Result<ClientChange, RejectedBatch> {
         _ => {}
     }
 
-    let space_id = space_of(obj, data.as_ref(), fields.as_ref()).map_err(bad)?;
+    let space_claims = spaces_of(obj, data.as_ref(), fields.as_ref()).map_err(bad)?;
+    let space_id = space_claims.first().cloned();
+    check_record_fields(data.as_ref(), fields.as_ref()).map_err(bad)?;
     let actor = opaque(obj, "actor");
     let origin = opaque(obj, "origin");
     Ok(ClientChange {
@@ -171,6 +176,7 @@ fn parse_change(i: usize, raw: Value) -> Result<ClientChange, RejectedBatch> {
         fields,
         deleted_at,
         space_id,
+        space_claims,
         actor,
         origin,
         schema_version,
@@ -208,35 +214,61 @@ fn parse_fields(
         .collect()
 }
 
-/// The space of a change: top-level `spaceId`, else `data.spaceId`, else
-/// `fields.spaceId.value`.
-fn space_of(
+/// Every space a change names: top-level `spaceId`, `data.spaceId` and
+/// `fields.spaceId.value`, in that order (the first one is the change's space).
+fn spaces_of(
     obj: &Map<String, Value>,
     data: Option<&Map<String, Value>>,
     fields: Option<&BTreeMap<String, (Value, DateTime<Utc>)>>,
-) -> Result<Option<String>, String> {
-    let found = obj
-        .get("spaceId")
-        .filter(|v| !v.is_null())
-        .or_else(|| data.and_then(|d| d.get("spaceId")).filter(|v| !v.is_null()))
-        .or_else(|| {
-            fields
-                .and_then(|f| f.get("spaceId"))
-                .map(|(v, _)| v)
-                .filter(|v| !v.is_null())
-        });
-    match found {
-        None => Ok(None),
-        Some(Value::String(s)) => {
+) -> Result<Vec<String>, String> {
+    [
+        obj.get("spaceId"),
+        data.and_then(|d| d.get("spaceId")),
+        fields.and_then(|f| f.get("spaceId")).map(|(v, _)| v),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|v| !v.is_null())
+    .map(|v| match v {
+        Value::String(s) => {
             if s.strip_prefix(schemas::space::PERSONAL_SENTINEL_PREFIX)
                 .is_none()
             {
                 validate_id("spaceId", s)?;
             }
-            Ok(Some(s.clone()))
+            Ok(s.clone())
         }
-        Some(_) => Err("`spaceId` must be a string".into()),
+        _ => Err("`spaceId` must be a string".into()),
+    })
+    .collect()
+}
+
+/// The record fields the server gives meaning to: `visibility` must be one it knows,
+/// `authorId` a string (whose it is, `prepare` checks).
+fn check_record_fields(
+    data: Option<&Map<String, Value>>,
+    fields: Option<&BTreeMap<String, (Value, DateTime<Utc>)>>,
+) -> Result<(), String> {
+    use schemas::event::{AUTHOR_FIELD, VISIBILITIES, VISIBILITY_FIELD};
+    let named = |name: &str| {
+        data.and_then(|d| d.get(name))
+            .into_iter()
+            .chain(fields.and_then(|f| f.get(name)).map(|(v, _)| v))
+            .filter(|v| !v.is_null())
+            .collect::<Vec<_>>()
+    };
+    for v in named(VISIBILITY_FIELD) {
+        if !v.as_str().is_some_and(|v| VISIBILITIES.contains(&v)) {
+            return Err(format!(
+                "`visibility` must be one of {} (got {v})",
+                VISIBILITIES.join(", ")
+            ));
+        }
     }
+    if named(AUTHOR_FIELD).iter().any(|v| !v.is_string()) {
+        return Err("`authorId` must be a string".into());
+    }
+    Ok(())
 }
 
 fn opaque(obj: &Map<String, Value>, key: &str) -> Option<Value> {

@@ -1,12 +1,13 @@
 //! The log stage: a batch of log messages into `change_log` in one transaction, with
-//! parked poison and the checkpoint — all or nothing. Record state follows from
-//! `change_log` in the records stage (`records.rs`).
+//! membership state (`spaces`, `space_members`), record visibility, parked poison and
+//! the checkpoint — all or nothing. Record state follows from `change_log` in the
+//! records stage (`records.rs`).
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use schemas::{Envelope, Event, subject::change_subject, time};
+use schemas::{Envelope, Event, RecordChanged, membership::MembershipEvent, time};
 use sqlx::{PgPool, Postgres, Transaction};
 
 pub use schemas::projection::CHECKPOINT_CHANNEL;
@@ -141,7 +142,16 @@ async fn apply(
         }
     }
 
-    let inserted = insert_change_log(&mut tx, &changes).await?;
+    let (records, memberships): (Vec<_>, Vec<_>) = changes
+        .into_iter()
+        .partition(|(_, env)| matches!(env.event, Event::RecordChanged(_)));
+    let inserted = insert_change_log(&mut tx, &records).await?;
+    apply_visibility(&mut tx, &records).await?;
+    for (msg, env) in &memberships {
+        if let Some(event) = env.event.membership() {
+            apply_membership(&mut tx, msg.seq, &env.metadata.user_id, event).await?;
+        }
+    }
     park_all(&mut tx, &poison).await?;
 
     // Checkpoint and announcement in one round trip; NOTIFY is delivered at commit.
@@ -158,7 +168,7 @@ async fn apply(
     tx.commit().await?;
     Ok(Applied {
         checkpoint: top,
-        events: inserted as usize,
+        events: inserted as usize + memberships.len(),
         parked: poison.len(),
     })
 }
@@ -167,8 +177,7 @@ async fn apply(
 fn decode(msg: &Incoming) -> Result<Envelope, String> {
     let env: Envelope =
         serde_json::from_slice(&msg.payload).map_err(|e| format!("undecodable event: {e}"))?;
-    let Event::RecordChanged(rc) = &env.event;
-    let expected = change_subject(&rc.space_id, &rc.app_id, &rc.table);
+    let expected = env.event.subject();
     if msg.subject != expected {
         // A publisher allowed on one space's subjects must not write into another.
         return Err(format!(
@@ -176,7 +185,11 @@ fn decode(msg: &Incoming) -> Result<Envelope, String> {
             msg.subject
         ));
     }
-    if ingest::validate::event_has_nul(rc, &env.metadata) {
+    let nul = match &env.event {
+        Event::RecordChanged(rc) => ingest::validate::event_has_nul(rc, &env.metadata),
+        other => serde_json::to_value(other).is_ok_and(|v| ingest::validate::has_nul(&v)),
+    };
+    if nul || env.metadata.user_id.contains('\0') || env.metadata.client_id.contains('\0') {
         return Err("a string contains NUL, which PostgreSQL cannot store".to_owned());
     }
     Ok(env)
@@ -217,8 +230,7 @@ async fn insert_change_log(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for (msg, env) in changes {
-        let Event::RecordChanged(rc) = &env.event;
+    for (msg, rc, env) in changes.iter().filter_map(record_change) {
         seq.push(msg.seq as i64);
         event_id.push(env.event_id);
         app.push(rc.app_id.as_str());
@@ -276,6 +288,134 @@ async fn insert_change_log(
     .execute(&mut **tx)
     .await?;
     Ok(inserted.rows_affected())
+}
+
+/// The record change of a decoded message, if it is one.
+fn record_change<'a>(
+    (msg, env): &'a Decoded<'a>,
+) -> Option<(&'a Incoming, &'a RecordChanged, &'a Envelope)> {
+    match &env.event {
+        Event::RecordChanged(rc) => Some((msg, rc, env)),
+        _ => None,
+    }
+}
+
+/// Keeps `record_visibility` in step with changes that set a visibility. Only a
+/// record's author changes its visibility; the author is the user whose event created
+/// the record (`records.author_id`), or, for a record the records stage has not seen
+/// yet, the user setting it. A record that never left the default needs no row.
+async fn apply_visibility(
+    tx: &mut Transaction<'_, Postgres>,
+    changes: &[Decoded<'_>],
+) -> Result<(), sqlx::Error> {
+    let setting: Vec<_> = changes
+        .iter()
+        .filter_map(record_change)
+        .filter_map(|(msg, rc, env)| {
+            let v = rc.visibility()?;
+            schemas::event::VISIBILITIES
+                .contains(&v)
+                .then_some((msg.seq, rc, env.metadata.user_id.as_str(), v))
+        })
+        .collect();
+    // One statement per change, in log order: visibility changes are rare, and a later
+    // change of the same record must see the earlier one.
+    for (seq, rc, user, visibility) in setting {
+        sqlx::query(
+            "INSERT INTO record_visibility AS v (space_id, app_id, table_name, record_id, author_id, visibility, updated_seq) \
+             SELECT $1, $2, $3, $4, $5, $6, $7 \
+             WHERE ($6 <> $8 OR EXISTS (SELECT 1 FROM record_visibility x \
+                        WHERE (x.space_id, x.app_id, x.table_name, x.record_id) = ($1, $2, $3, $4))) \
+               AND NOT EXISTS (SELECT 1 FROM records r \
+                        WHERE (r.space_id, r.app_id, r.table_name, r.record_id) = ($1, $2, $3, $4) \
+                          AND r.author_id <> $5) \
+             ON CONFLICT (space_id, app_id, table_name, record_id) DO UPDATE \
+                SET visibility = EXCLUDED.visibility, updated_seq = EXCLUDED.updated_seq \
+                WHERE v.author_id = EXCLUDED.author_id",
+        )
+        .bind(&rc.space_id)
+        .bind(&rc.app_id)
+        .bind(&rc.table)
+        .bind(&rc.record_id)
+        .bind(user)
+        .bind(visibility)
+        .bind(seq as i64)
+        .bind(schemas::event::DEFAULT_VISIBILITY)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Applies one membership event to `spaces` and `space_members`, by the same rules as
+/// every gateway's membership view (`ingest::membership`): a member joins only an
+/// existing, undeleted space; a role changes only for a member; deleting a space
+/// removes every member.
+async fn apply_membership(
+    tx: &mut Transaction<'_, Postgres>,
+    seq: u64,
+    by: &str,
+    event: MembershipEvent<'_>,
+) -> Result<(), sqlx::Error> {
+    let seq = seq as i64;
+    match event {
+        MembershipEvent::SpaceCreated(e) => {
+            sqlx::query(
+                "INSERT INTO spaces (space_id, type, name, created_by, created_seq) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&e.space_id)
+            .bind(e.space_type.as_str())
+            .bind(&e.name)
+            .bind(by)
+            .bind(seq)
+            .execute(&mut **tx)
+            .await?;
+        }
+        MembershipEvent::MemberAdded(e) => {
+            sqlx::query(
+                "INSERT INTO space_members (space_id, user_id, role, updated_seq) \
+                 SELECT $1, $2, $3, $4 WHERE EXISTS \
+                    (SELECT 1 FROM spaces WHERE space_id = $1 AND deleted_seq IS NULL) \
+                 ON CONFLICT (space_id, user_id) DO UPDATE SET role = EXCLUDED.role, updated_seq = EXCLUDED.updated_seq",
+            )
+            .bind(&e.space_id)
+            .bind(&e.user_id)
+            .bind(e.role.as_str())
+            .bind(seq)
+            .execute(&mut **tx)
+            .await?;
+        }
+        MembershipEvent::MemberRoleChanged(e) => {
+            sqlx::query(
+                "UPDATE space_members SET role = $3, updated_seq = $4 WHERE space_id = $1 AND user_id = $2",
+            )
+            .bind(&e.space_id)
+            .bind(&e.user_id)
+            .bind(e.role.as_str())
+            .bind(seq)
+            .execute(&mut **tx)
+            .await?;
+        }
+        MembershipEvent::MemberRemoved(e) => {
+            sqlx::query("DELETE FROM space_members WHERE space_id = $1 AND user_id = $2")
+                .bind(&e.space_id)
+                .bind(&e.user_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        MembershipEvent::SpaceDeleted(e) => {
+            sqlx::query(
+                "WITH gone AS (DELETE FROM space_members WHERE space_id = $1) \
+                 UPDATE spaces SET deleted_seq = $2 WHERE space_id = $1 AND deleted_seq IS NULL",
+            )
+            .bind(&e.space_id)
+            .bind(seq)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// JSON text of a value (`change_log` stores payloads as `json`, passed as text).

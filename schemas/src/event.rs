@@ -2,7 +2,8 @@
 //!
 //! Events are past-tense facts. The envelope carries identity (`eventId`), type,
 //! version and time; the payload is the fact itself; metadata says who caused it.
-//! New event types (membership, visibility) are added as variants of [`Event`].
+//! Record changes and membership events are variants of [`Event`]; visibility events
+//! will be too.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
+
+use crate::{
+    membership::{
+        MemberAdded, MemberRemoved, MemberRoleChanged, MembershipEvent, SpaceCreated,
+        SpaceDeleted,
+    },
+    subject::{change_subject, membership_subject},
+};
 
 /// Version of the envelope and payload layout written by this code.
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
@@ -31,6 +40,38 @@ pub struct Envelope {
 #[serde(tag = "type", content = "payload")]
 pub enum Event {
     RecordChanged(RecordChanged),
+    SpaceCreated(SpaceCreated),
+    MemberAdded(MemberAdded),
+    MemberRoleChanged(MemberRoleChanged),
+    MemberRemoved(MemberRemoved),
+    SpaceDeleted(SpaceDeleted),
+}
+
+impl Event {
+    /// The membership event this is, if it is one.
+    pub fn membership(&self) -> Option<MembershipEvent<'_>> {
+        Some(match self {
+            Event::RecordChanged(_) => return None,
+            Event::SpaceCreated(e) => MembershipEvent::SpaceCreated(e),
+            Event::MemberAdded(e) => MembershipEvent::MemberAdded(e),
+            Event::MemberRoleChanged(e) => MembershipEvent::MemberRoleChanged(e),
+            Event::MemberRemoved(e) => MembershipEvent::MemberRemoved(e),
+            Event::SpaceDeleted(e) => MembershipEvent::SpaceDeleted(e),
+        })
+    }
+
+    /// The subject this event belongs on.
+    pub fn subject(&self) -> String {
+        match self {
+            Event::RecordChanged(rc) => change_subject(&rc.space_id, &rc.app_id, &rc.table),
+            other => membership_subject(
+                other
+                    .membership()
+                    .map(|m| m.space_id())
+                    .unwrap_or_default(),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -82,6 +123,30 @@ pub struct RecordChanged {
     /// The client's own schema version of the change.
     pub client_schema_version: u32,
 }
+
+impl RecordChanged {
+    /// The visibility this change gives its record, if it sets one: `data.visibility`
+    /// of an insert, `fields.visibility` of an update.
+    pub fn visibility(&self) -> Option<&str> {
+        match self.op {
+            Op::Insert => self.data.as_ref()?.get(VISIBILITY_FIELD)?.as_str(),
+            Op::Update => self.fields.as_ref()?.get(VISIBILITY_FIELD)?.value.as_str(),
+            Op::Delete => None,
+        }
+    }
+}
+
+/// The record field holding a record's visibility.
+pub const VISIBILITY_FIELD: &str = "visibility";
+
+/// The record field holding a record's author (stamped by the server on insert).
+pub const AUTHOR_FIELD: &str = "authorId";
+
+/// Who may read a record, besides its author.
+pub const VISIBILITIES: [&str; 4] = ["private", "space", "unlisted", "public"];
+
+/// The visibility of a record that never set one.
+pub const DEFAULT_VISIBILITY: &str = "space";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FieldValue {

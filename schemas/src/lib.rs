@@ -3,6 +3,7 @@
 
 pub mod cursor;
 pub mod event;
+pub mod membership;
 pub mod projection;
 pub mod space;
 pub mod stream;
@@ -12,3 +13,4 @@ pub mod wire;
 
 pub use cursor::{Cursor, CursorError, Since};
 pub use event::{Envelope, Event, FieldValue, Metadata, Op, RecordChanged};
+pub use membership::{Role, SpaceType};

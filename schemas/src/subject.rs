@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! sync.<space>.<app>.<table>     client record changes (RecordChanged)
-//! space.<space>.members          membership events (reserved)
+//! space.<space>.members          membership events (SpaceCreated, Member*, SpaceDeleted)
 //! space.<space>.visibility       visibility events (reserved)
 //! ```
 //!
@@ -23,6 +23,14 @@ pub fn change_subject(space_id: &str, app_id: &str, table: &str) -> String {
         escape_token(table)
     )
 }
+
+/// Subject of a space's membership events.
+pub fn membership_subject(space_id: &str) -> String {
+    format!("space.{}.members", escape_token(space_id))
+}
+
+/// Every space's membership events (what each gateway's membership view follows).
+pub const MEMBERSHIP_SUBJECTS: &str = "space.*.members";
 
 /// Escapes one subject token. Bytes outside `[A-Za-z0-9_-]` become `~XX` (upper-case
 /// hex of each UTF-8 byte); the empty string becomes a lone `~`, which no non-empty

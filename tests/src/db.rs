@@ -81,6 +81,22 @@ impl TestDb {
     }
 
     /// A table's rows as JSON text, in a stable order: equal outputs mean equal tables.
+    /// Runs a statement (DDL included) on the test database.
+    pub async fn execute(&self, sql: &str) {
+        sqlx::query(sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The first column of every row, as text.
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        sqlx::query_scalar(sql)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     pub async fn dump(&self, sql: &str) -> Vec<String> {
         sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM ({sql}) t"))
             .fetch_all(&self.pool)

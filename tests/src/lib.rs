@@ -19,6 +19,9 @@ pub use wait::eventually;
 /// HS256 secret of every test gateway.
 pub const SECRET: &str = "test-secret";
 
+/// Service key of every test gateway's internal API.
+pub const SERVICE_KEY: &str = "test-service-key";
+
 /// Logs go to stderr only when `TEST_LOG` is set.
 pub fn init_logging() {
     static ONCE: Once = Once::new();
@@ -93,6 +96,7 @@ pub fn gateway_config(nats: &TestNats, db: &TestDb) -> gateway::Config {
         jwks_url: None,
         jwt_issuer: None,
         jwt_audience: None,
+        service_key: Some(gateway::config::Secret(SERVICE_KEY.to_owned())),
         read_your_writes_timeout_ms: 10_000,
         publish_timeout_ms: 2_000,
     }
@@ -230,12 +234,116 @@ impl TestApp {
         }
     }
 
-    /// Messages in the log stream.
+    /// Record-change messages in the log stream (membership events, such as those
+    /// creating a personal space on first use, are not counted).
     pub async fn stream_messages(&self) -> u64 {
+        self.nats
+            .subject_messages(schemas::stream::DEFAULT_STREAM, "sync.>")
+            .await
+    }
+
+    /// The `n`-th (from 1) record-change message of the log.
+    pub async fn change_message(&self, n: usize) -> async_nats::jetstream::message::StreamMessage {
+        let js = self.nats.jetstream().await;
+        let stream = js
+            .get_stream(schemas::stream::DEFAULT_STREAM)
+            .await
+            .expect("stream exists");
+        let last = stream.cached_info().state.last_sequence;
+        let mut found = 0;
+        for seq in 1..=last {
+            let msg = stream.get_raw_message(seq).await.expect("message");
+            if msg.subject.starts_with("sync.") {
+                found += 1;
+                if found == n {
+                    return msg;
+                }
+            }
+        }
+        panic!("the log has only {found} record changes")
+    }
+
+    /// Every message in the log stream.
+    pub async fn all_stream_messages(&self) -> u64 {
         self.nats
             .stream_state(schemas::stream::DEFAULT_STREAM)
             .await
             .messages
+    }
+
+    /// A second gateway on the same NATS and database.
+    pub async fn another_gateway(&self) -> RunningGateway {
+        RunningGateway::start(gateway_config(&self.nats, &self.db)).await
+    }
+
+    /// A call to the internal API with the service key, on `gateway` (default: the
+    /// app's own).
+    pub async fn internal(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.gateway.base))
+            .bearer_auth(SERVICE_KEY);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        send(req).await
+    }
+
+    /// Creates a shared space owned by `owner` and adds `members`; panics on failure.
+    pub async fn create_space(&self, space: &str, owner: &str, members: &[(&str, &str)]) {
+        let reply = self
+            .internal(
+                reqwest::Method::POST,
+                "/internal/spaces",
+                Some(serde_json::json!({
+                    "spaceId": space, "type": "family", "name": space, "ownerId": owner,
+                })),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        for (user, role) in members {
+            let reply = self
+                .internal(
+                    reqwest::Method::POST,
+                    &format!("/internal/spaces/{space}/members"),
+                    Some(serde_json::json!({ "userId": user, "role": role })),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        }
+    }
+
+    /// `GET /sync/{app}/pull` on any gateway, with extra query parameters.
+    pub async fn pull_on(
+        &self,
+        base: &str,
+        user: &str,
+        app: &str,
+        query: &[(&str, &str)],
+    ) -> Reply {
+        let req = self
+            .http
+            .get(format!("{base}/sync/{app}/pull"))
+            .query(query)
+            .bearer_auth(self.token(user))
+            .header("x-client-id", format!("{user}-reader"));
+        send(req).await
+    }
+
+    /// `POST /sync/{app}` on any gateway.
+    pub async fn push_on(&self, base: &str, user: &str, app: &str, body: &Value) -> Reply {
+        let req = self
+            .http
+            .post(format!("{base}/sync/{app}"))
+            .bearer_auth(self.token(user))
+            .header("x-client-id", format!("{user}-writer"))
+            .json(body);
+        send(req).await
     }
 
     /// Waits until the projector has applied everything in the log.

@@ -133,6 +133,27 @@ impl TestNats {
     }
 }
 
+impl TestNats {
+    /// Messages in `stream` on subjects matching `filter`.
+    pub async fn subject_messages(&self, stream: &str, filter: &str) -> u64 {
+        use futures::TryStreamExt as _;
+        let s = self
+            .jetstream()
+            .await
+            .get_stream(stream)
+            .await
+            .expect("stream exists");
+        let counts: Vec<(String, usize)> = s
+            .info_with_subjects(filter)
+            .await
+            .expect("stream info")
+            .try_collect()
+            .await
+            .expect("subject counts");
+        counts.iter().map(|(_, n)| *n as u64).sum()
+    }
+}
+
 impl Drop for TestNats {
     fn drop(&mut self) {
         self.stop();

@@ -1,6 +1,7 @@
 //! HTTP routes.
 
 pub mod health;
+pub mod internal;
 pub mod pull;
 pub mod push;
 

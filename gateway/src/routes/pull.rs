@@ -15,6 +15,9 @@ use crate::{AppState, auth::AuthUser, error::ApiError, routes};
 pub struct PullParams {
     collection: Option<String>,
     since: Option<String>,
+    /// Only this space (which the caller must be a member of).
+    #[serde(rename = "spaceId")]
+    space_id: Option<String>,
 }
 
 #[tracing::instrument(skip_all, fields(user = %user.user_id, app = %app))]
@@ -32,11 +35,18 @@ pub async fn pull(
     let since = schemas::Since::parse(params.since.as_deref())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let client_id = routes::client_id_header(&headers)?;
-    let access = Access::personal_only(&user.user_id);
     let upto = state.read_position().await?;
+    // Membership as of now, after the wait: a removal that happened while this request
+    // waited for the projector is in effect for it.
+    let access = state.access(&user.user_id).await?;
+    let spaces = match &params.space_id {
+        None => access.readable_spaces(),
+        Some(raw) => vec![readable_space(&access, raw)?],
+    };
     let response = state
         .read_page(
             &access,
+            &spaces,
             app,
             params.collection.as_deref(),
             since,
@@ -46,4 +56,15 @@ pub async fn pull(
         )
         .await?;
     Ok(Json(response))
+}
+
+/// The space a pull is limited to, if the caller may read it.
+fn readable_space(access: &Access, raw: &str) -> Result<String, ApiError> {
+    let space = access.resolve_space(Some(raw)).map_err(ApiError::forbidden)?;
+    if access.role(&space).is_none() {
+        return Err(ApiError::forbidden(format!(
+            "you are not a member of space {space:?}"
+        )));
+    }
+    Ok(space)
 }

@@ -8,7 +8,9 @@ use axum::{
     http::HeaderMap,
 };
 use chrono::Utc;
-use ingest::{Access, PushContext};
+use chrono::DateTime;
+use ingest::{Access, PreparedEvent, PushContext};
+use schemas::Event;
 use schemas::wire::{PAGE_SIZE, SyncResponse};
 
 use crate::{AppState, auth::AuthUser, error::ApiError, routes};
@@ -45,8 +47,8 @@ pub async fn push(
     let since = schemas::Since::parse(request.since.as_deref())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
 
-    let access = Access::personal_only(&user.user_id);
-    let events = ingest::prepare_batch(
+    let access = state.access(&user.user_id).await?;
+    let mut events = ingest::prepare_batch(
         PushContext {
             access: &access,
             app_id: app,
@@ -55,6 +57,10 @@ pub async fn push(
         },
         request.changes,
     )?;
+    if let Some(first_use) = personal_space_first_use(&state, &access, &events, received_at) {
+        // Created by the caller's first write into it, in the same atomic batch.
+        events.splice(0..0, first_use);
+    }
 
     // The response must include every push acknowledged before this one arrived: all of
     // them lie before this push's first change (or, when that is unknown, before the
@@ -72,6 +78,7 @@ pub async fn push(
     let response = state
         .read_page(
             &access,
+            &access.readable_spaces(),
             app,
             None,
             since,
@@ -81,4 +88,27 @@ pub async fn push(
         )
         .await?;
     Ok(Json(response))
+}
+
+/// The events creating the caller's personal space, if this batch writes into it and
+/// the membership view has never seen it. Their ids are derived from the space, so
+/// concurrent first pushes (on any gateway) create it once.
+fn personal_space_first_use(
+    state: &AppState,
+    access: &Access,
+    events: &[PreparedEvent],
+    at: DateTime<Utc>,
+) -> Option<Vec<PreparedEvent>> {
+    let personal = access.personal_space();
+    let writes_into_it = events.iter().any(
+        |e| matches!(&e.envelope.event, Event::RecordChanged(rc) if rc.space_id == personal),
+    );
+    if !writes_into_it {
+        return None;
+    }
+    let known = state
+        .memberships()
+        .now()
+        .is_some_and(|view| view.space(personal).is_some());
+    (!known).then(|| routes::internal::personal_space_events(access.user_id(), at))
 }

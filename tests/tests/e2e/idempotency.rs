@@ -41,11 +41,7 @@ async fn a_resend_after_the_duplicate_window_is_applied_once() {
     // Re-publish the very event under a fresh message id, as a resend would look once
     // JetStream has forgotten the original id.
     let js = app.nats.jetstream().await;
-    let stream = js
-        .get_stream(schemas::stream::DEFAULT_STREAM)
-        .await
-        .unwrap();
-    let original = stream.get_raw_message(1).await.unwrap();
+    let original = app.change_message(1).await;
     js.publish(original.subject.clone(), original.payload.clone())
         .await
         .unwrap()

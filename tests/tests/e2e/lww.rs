@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 use sync_tests::{RunningProjector, TestApp, TestDb, changes, projector_config};
 
 async fn record(app: &TestApp, id: &str) -> Value {
-    sqlx::query_scalar("SELECT data FROM records WHERE record_id = $1")
+    // The merged fields; the server-stamped author is not what these tests are about.
+    sqlx::query_scalar("SELECT data - 'authorId' FROM records WHERE record_id = $1")
         .bind(id)
         .fetch_one(&app.db.pool)
         .await

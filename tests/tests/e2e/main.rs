@@ -10,3 +10,4 @@ mod outage;
 mod paging;
 mod poison;
 mod push_pull;
+mod tenancy;

@@ -92,7 +92,11 @@ async fn insert_update_delete_reach_a_second_client_of_the_same_user() {
             .fetch_one(&app.db.pool)
             .await
             .unwrap();
-    assert_eq!(t1, json!({"title": "Buy eggs", "done": true}));
+    assert_eq!(
+        t1,
+        json!({"title": "Buy eggs", "done": true, "authorId": "alice"}),
+        "merged, with the author the server stamped"
+    );
     let t2_deleted: bool =
         sqlx::query_scalar("SELECT deleted_at IS NOT NULL FROM records WHERE record_id = 't2'")
             .fetch_one(&app.db.pool)
@@ -228,12 +232,7 @@ async fn user_ids_with_subject_syntax_cannot_change_the_subject() {
         .push(user, "c", "todo", &changes(json!([{"table": "tasks", "id": "1", "op": "insert", "data": {}, "spaceId": format!("_personal:{user}")}])))
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    let js = app.nats.jetstream().await;
-    let stream = js
-        .get_stream(schemas::stream::DEFAULT_STREAM)
-        .await
-        .unwrap();
-    let msg = stream.get_raw_message(1).await.unwrap();
+    let msg = app.change_message(1).await;
     let tokens: Vec<_> = msg.subject.split('.').collect();
     assert_eq!(tokens.len(), 4, "{}", msg.subject);
     assert_eq!(tokens[2..], ["todo", "tasks"]);

@@ -1,0 +1,239 @@
+//! Each gateway's view of spaces and memberships: the snapshot PostgreSQL holds at the
+//! projector's checkpoint, then every membership event of the log after it, live,
+//! through an ordered consumer of `space.*.members`. No TTL, no cache: a
+//! `MemberRemoved` takes effect on this gateway as soon as JetStream delivers it
+//! (milliseconds), for every request after that.
+//!
+//! Fail closed: while the view is not following the log (starting, NATS disconnected,
+//! consumer lost), access is read from PostgreSQL's projection per request; if that
+//! fails too, the request fails with 503. Nobody is ever treated as unrestricted.
+
+use std::{
+    sync::{Arc, RwLock, RwLockReadGuard},
+    time::Duration,
+};
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use futures::StreamExt as _;
+use ingest::{
+    Access,
+    membership::{Memberships, Space},
+};
+use schemas::{Envelope, Role, SpaceType, subject::MEMBERSHIP_SUBJECTS};
+use sqlx::{PgPool, Row as _};
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+
+const MEMBERSHIP: &str = "membership state";
+
+#[derive(Clone)]
+pub struct MembershipView(Arc<Inner>);
+
+struct Inner {
+    state: RwLock<Memberships>,
+    /// Following the log right now.
+    live: watch::Sender<bool>,
+    /// Sequence of the last membership event applied (or the snapshot's checkpoint).
+    position: watch::Sender<u64>,
+    pool: PgPool,
+}
+
+impl MembershipView {
+    /// Starts following; `disconnects` ticks each time the NATS connection drops.
+    pub fn follow(
+        js: jetstream::Context,
+        stream: String,
+        pool: PgPool,
+        projector: String,
+        disconnects: watch::Receiver<u64>,
+    ) -> Self {
+        let view = Self(Arc::new(Inner {
+            state: RwLock::new(Memberships::default()),
+            live: watch::Sender::new(false),
+            position: watch::Sender::new(0),
+            pool,
+        }));
+        let follower = view.clone();
+        tokio::spawn(async move {
+            follower
+                .run(js, stream, projector, disconnects)
+                .await;
+        });
+        view
+    }
+
+    pub fn is_live(&self) -> bool {
+        *self.0.live.borrow()
+    }
+
+    /// What `user_id` may read and write at this moment.
+    pub async fn access(&self, user_id: &str) -> Result<Access, ApiError> {
+        if self.is_live() {
+            return Ok(self.read().access(user_id));
+        }
+        let rows = sqlx::query("SELECT space_id, role FROM space_members WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(&self.0.pool)
+            .await
+            .map_err(|e| ApiError::unavailable(MEMBERSHIP, e))?;
+        let roles = rows
+            .iter()
+            .filter_map(|r| {
+                let role = Role::parse(r.get::<&str, _>(1))?;
+                Some((r.get::<String, _>(0), role))
+            })
+            .collect();
+        Ok(Access::with_roles(user_id, roles))
+    }
+
+    /// The live view, for requests that need more than one user's access (the internal
+    /// API). Waits (bounded) for the view to follow the log; 503 if it does not.
+    pub async fn snapshot(
+        &self,
+        timeout: Duration,
+    ) -> Result<RwLockReadGuard<'_, Memberships>, ApiError> {
+        let mut live = self.0.live.subscribe();
+        if tokio::time::timeout(timeout, live.wait_for(|l| *l))
+            .await
+            .is_err()
+        {
+            return Err(ApiError::unavailable(
+                MEMBERSHIP,
+                "the membership view is not following the log",
+            ));
+        }
+        Ok(self.read())
+    }
+
+    /// The live view as it is now, if it is following the log.
+    pub fn now(&self) -> Option<RwLockReadGuard<'_, Memberships>> {
+        self.is_live().then(|| self.read())
+    }
+
+    /// Waits (bounded) until the view has applied the log up to `seq`.
+    pub async fn wait_for(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.0.position.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Memberships> {
+        self.0.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn run(
+        &self,
+        js: jetstream::Context,
+        stream: String,
+        projector: String,
+        mut disconnects: watch::Receiver<u64>,
+    ) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            disconnects.mark_unchanged();
+            let outcome = tokio::select! {
+                r = self.follow_once(&js, &stream, &projector) => r,
+                _ = disconnects.changed() => Err(anyhow::anyhow!("NATS connection lost")),
+            };
+            self.0.live.send_replace(false);
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, ?backoff, "membership view stopped following; restarting");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Loads the snapshot, then applies every membership event after it until the
+    /// consumer fails.
+    async fn follow_once(
+        &self,
+        js: &jetstream::Context,
+        stream: &str,
+        projector: &str,
+    ) -> anyhow::Result<()> {
+        let (snapshot, checkpoint) = load_snapshot(&self.0.pool, projector).await?;
+        let stream = js.get_stream(stream).await?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: MEMBERSHIP_SUBJECTS.to_owned(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: checkpoint + 1,
+                },
+                ..Default::default()
+            })
+            .await?;
+        let mut caught_up = consumer.cached_info().num_pending == 0;
+        let mut messages = consumer.messages().await?;
+        *self.0.state.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        self.0.position.send_replace(checkpoint);
+        self.0.live.send_replace(caught_up);
+        tracing::info!(checkpoint, caught_up, "membership view following the log");
+        while let Some(msg) = messages.next().await {
+            let msg = msg?;
+            let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let seq = info.stream_sequence;
+            match serde_json::from_slice::<Envelope>(&msg.payload) {
+                Ok(env) if msg.subject.as_str() == env.event.subject() => {
+                    if let Some(event) = env.event.membership() {
+                        self.0
+                            .state
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .apply(event);
+                    }
+                }
+                // The projector parks it; the view skips it the same way.
+                _ => tracing::warn!(seq, "skipping a membership message that is not a valid event"),
+            }
+            if !caught_up && info.pending == 0 {
+                caught_up = true;
+                self.0.live.send_replace(true);
+            }
+            self.0.position.send_replace(seq);
+        }
+        anyhow::bail!("the membership consumer ended")
+    }
+}
+
+/// Spaces and memberships as of the projector's checkpoint, read in one snapshot.
+async fn load_snapshot(pool: &PgPool, projector: &str) -> anyhow::Result<(Memberships, u64)> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let checkpoint: Option<i64> =
+        sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1")
+            .bind(projector)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let mut state = Memberships::default();
+    for r in sqlx::query("SELECT space_id, type, name, deleted_seq IS NOT NULL FROM spaces")
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        let Some(space_type) = SpaceType::parse(r.get(1)) else {
+            continue;
+        };
+        state.load_space(
+            r.get(0),
+            Space {
+                space_type,
+                name: r.get(2),
+                deleted: r.get(3),
+            },
+        );
+    }
+    for r in sqlx::query("SELECT space_id, user_id, role FROM space_members")
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        if let Some(role) = Role::parse(r.get(2)) {
+            state.load_member(r.get(0), r.get(1), role);
+        }
+    }
+    tx.commit().await?;
+    Ok((state, checkpoint.unwrap_or(0) as u64))
+}

@@ -1,0 +1,417 @@
+//! The internal membership API, for trusted services (service key): create and delete
+//! spaces, add, re-role and remove members, list a user's memberships; plus the
+//! compatibility endpoint of the server we replace. Every change is a membership event
+//! published to the log, exactly as a service publishing straight to NATS would; the
+//! answer comes once this gateway's membership view has applied it.
+
+use std::sync::RwLockReadGuard;
+
+use axum::{
+    Json, Router,
+    extract::{Path, State, rejection::JsonRejection},
+    http::StatusCode,
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use ingest::{PreparedEvent, membership::Memberships};
+use schemas::{
+    Cursor, Envelope, Event, Metadata, Role, SpaceType,
+    event::EVENT_SCHEMA_VERSION,
+    membership::{MemberAdded, MemberRemoved, MemberRoleChanged, SpaceCreated, SpaceDeleted},
+    space::personal_space_id,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{AppState, auth::Service, error::ApiError};
+
+/// Who the membership events of this API are attributed to.
+const SERVICE_USER: &str = "service:internal-api";
+const SERVICE_CLIENT: &str = "internal-api";
+
+/// Namespace of the ids of events that must happen once per space (creation, the
+/// personal space's owner), so a retried call is de-duplicated like a retried push.
+const MEMBERSHIP_NAMESPACE: Uuid = Uuid::from_u128(0x5b0e_7c1a_92d4_4f6e_8a13_c4d9_0e27_61b5);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/internal/spaces", post(create_space))
+        .route("/internal/spaces/{space_id}", get(get_space).delete(delete_space))
+        .route("/internal/spaces/{space_id}/members", post(add_member))
+        .route(
+            "/internal/spaces/{space_id}/members/{user_id}",
+            axum::routing::patch(change_role).delete(remove_member),
+        )
+        .route("/internal/users/{user_id}/memberships", get(memberships))
+        .route(
+            "/api/v1/internal/users/{user_id}/memberships",
+            get(legacy_memberships),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateSpace {
+    space_id: Option<String>,
+    #[serde(rename = "type")]
+    space_type: String,
+    name: String,
+    owner_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddMember {
+    user_id: String,
+    role: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRole {
+    role: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Applied {
+    space_id: String,
+    /// Log position of the (last) event.
+    cursor: String,
+}
+
+async fn create_space(
+    State(state): State<AppState>,
+    _: Service,
+    body: Result<Json<CreateSpace>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let space_type = SpaceType::parse(&req.space_type).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown space type {:?} (expected brand, club, family, team or practice)",
+            req.space_type
+        ))
+    })?;
+    if space_type == SpaceType::Personal {
+        return Err(ApiError::bad_request(
+            "personal spaces are created by the server on first use",
+        ));
+    }
+    let space_id = req
+        .space_id
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    id("spaceId", &space_id)?;
+    id("ownerId", &req.owner_id)?;
+    if req.name.trim().is_empty() || req.name.len() > 256 || req.name.contains('\0') {
+        return Err(ApiError::bad_request(
+            "`name` must be 1 to 256 bytes of text",
+        ));
+    }
+    if view(&state).await?.space(&space_id).is_some() {
+        return Err(ApiError::conflict(format!(
+            "space {space_id:?} already exists"
+        )));
+    }
+    let now = Utc::now();
+    let events = vec![
+        PreparedEvent::new(envelope(
+            once_id(&space_id, "created", ""),
+            Event::SpaceCreated(SpaceCreated {
+                space_id: space_id.clone(),
+                space_type,
+                name: req.name.clone(),
+            }),
+            now,
+        )),
+        PreparedEvent::new(envelope(
+            once_id(&space_id, "owner", &req.owner_id),
+            Event::MemberAdded(MemberAdded {
+                space_id: space_id.clone(),
+                user_id: req.owner_id.clone(),
+                role: Role::Owner,
+            }),
+            now,
+        )),
+    ];
+    let applied = publish(&state, &space_id, &events).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "spaceId": space_id,
+            "type": space_type,
+            "name": req.name,
+            "ownerId": req.owner_id,
+            "cursor": applied.cursor,
+        })),
+    ))
+}
+
+async fn get_space(
+    State(state): State<AppState>,
+    _: Service,
+    Path(space_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let view = view(&state).await?;
+    let space = view
+        .space(&space_id)
+        .ok_or_else(|| ApiError::not_found(format!("no space {space_id:?}")))?;
+    let members: Vec<Value> = view
+        .members_of(&space_id)
+        .into_iter()
+        .map(|(user, role)| json!({"userId": user, "role": role}))
+        .collect();
+    Ok(Json(json!({
+        "spaceId": space_id,
+        "type": space.space_type,
+        "name": space.name,
+        "deleted": space.deleted,
+        "members": members,
+    })))
+}
+
+async fn delete_space(
+    State(state): State<AppState>,
+    _: Service,
+    Path(space_id): Path<String>,
+) -> Result<Json<Applied>, ApiError> {
+    shared_space(&*view(&state).await?, &space_id)?;
+    let event = Event::SpaceDeleted(SpaceDeleted {
+        space_id: space_id.clone(),
+    });
+    Ok(Json(publish_one(&state, &space_id, event).await?))
+}
+
+async fn add_member(
+    State(state): State<AppState>,
+    _: Service,
+    Path(space_id): Path<String>,
+    body: Result<Json<AddMember>, JsonRejection>,
+) -> Result<Json<Applied>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    id("userId", &req.user_id)?;
+    let role = role(&req.role)?;
+    {
+        let view = view(&state).await?;
+        shared_space(&view, &space_id)?;
+        if let Some(current) = view.role(&space_id, &req.user_id) {
+            return Err(ApiError::conflict(format!(
+                "{:?} is already a member ({}); change the role instead",
+                req.user_id,
+                current.as_str()
+            )));
+        }
+    }
+    let event = Event::MemberAdded(MemberAdded {
+        space_id: space_id.clone(),
+        user_id: req.user_id,
+        role,
+    });
+    Ok(Json(publish_one(&state, &space_id, event).await?))
+}
+
+async fn change_role(
+    State(state): State<AppState>,
+    _: Service,
+    Path((space_id, user_id)): Path<(String, String)>,
+    body: Result<Json<ChangeRole>, JsonRejection>,
+) -> Result<Json<Applied>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let role = role(&req.role)?;
+    member(&*view(&state).await?, &space_id, &user_id)?;
+    let event = Event::MemberRoleChanged(MemberRoleChanged {
+        space_id: space_id.clone(),
+        user_id,
+        role,
+    });
+    Ok(Json(publish_one(&state, &space_id, event).await?))
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    _: Service,
+    Path((space_id, user_id)): Path<(String, String)>,
+) -> Result<Json<Applied>, ApiError> {
+    member(&*view(&state).await?, &space_id, &user_id)?;
+    let event = Event::MemberRemoved(MemberRemoved {
+        space_id: space_id.clone(),
+        user_id,
+    });
+    Ok(Json(publish_one(&state, &space_id, event).await?))
+}
+
+/// Every space `user_id` is a member of, their personal space included.
+async fn memberships(
+    State(state): State<AppState>,
+    _: Service,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let list: Vec<Value> = user_memberships(&state, &user_id)
+        .await?
+        .into_iter()
+        .map(|(space, space_type, role)| {
+            json!({"spaceId": space, "type": space_type, "role": role})
+        })
+        .collect();
+    Ok(Json(json!({"userId": user_id, "memberships": list})))
+}
+
+/// The Go server's shape: `{"userId", "memberships": [{"organizationId", "role"}]}`.
+async fn legacy_memberships(
+    State(state): State<AppState>,
+    _: Service,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let list: Vec<Value> = user_memberships(&state, &user_id)
+        .await?
+        .into_iter()
+        .map(|(space, _, role)| json!({"organizationId": space, "role": role}))
+        .collect();
+    Ok(Json(json!({"userId": user_id, "memberships": list})))
+}
+
+async fn user_memberships(
+    state: &AppState,
+    user_id: &str,
+) -> Result<Vec<(String, Option<SpaceType>, Role)>, ApiError> {
+    id("userId", user_id)?;
+    let access = state.access(user_id).await?;
+    let view = state.memberships().now();
+    let personal = personal_space_id(user_id);
+    Ok(access
+        .readable_spaces()
+        .into_iter()
+        .filter_map(|space| {
+            let role = access.role(&space)?;
+            let space_type = if space == personal {
+                Some(SpaceType::Personal)
+            } else {
+                view.as_ref()
+                    .and_then(|v| v.space(&space))
+                    .map(|s| s.space_type)
+            };
+            Some((space, space_type, role))
+        })
+        .collect())
+}
+
+/// The events that create `user_id`'s personal space with them as its owner. Their
+/// ids depend only on the user, so creating it twice is creating it once.
+pub fn personal_space_events(user_id: &str, at: DateTime<Utc>) -> Vec<PreparedEvent> {
+    let space_id = personal_space_id(user_id);
+    vec![
+        PreparedEvent::new(envelope(
+            once_id(&space_id, "created", ""),
+            Event::SpaceCreated(SpaceCreated {
+                space_id: space_id.clone(),
+                space_type: SpaceType::Personal,
+                name: "Personal".to_owned(),
+            }),
+            at,
+        )),
+        PreparedEvent::new(envelope(
+            once_id(&space_id, "owner", user_id),
+            Event::MemberAdded(MemberAdded {
+                space_id,
+                user_id: user_id.to_owned(),
+                role: Role::Owner,
+            }),
+            at,
+        )),
+    ]
+}
+
+fn envelope(event_id: Uuid, event: Event, at: DateTime<Utc>) -> Envelope {
+    let at = schemas::time::truncate_micros(at);
+    Envelope {
+        event_id,
+        schema_version: EVENT_SCHEMA_VERSION,
+        occurred_at: at,
+        event,
+        metadata: Metadata {
+            user_id: SERVICE_USER.to_owned(),
+            client_id: SERVICE_CLIENT.to_owned(),
+            actor: None,
+            origin: Some(Value::from("system")),
+            received_at: at,
+        },
+    }
+}
+
+fn once_id(space_id: &str, what: &str, user_id: &str) -> Uuid {
+    Uuid::new_v5(
+        &MEMBERSHIP_NAMESPACE,
+        format!("{space_id}\0{what}\0{user_id}").as_bytes(),
+    )
+}
+
+async fn publish_one(state: &AppState, space_id: &str, event: Event) -> Result<Applied, ApiError> {
+    let event = PreparedEvent::new(envelope(Uuid::new_v4(), event, Utc::now()));
+    publish(state, space_id, std::slice::from_ref(&event)).await
+}
+
+/// Publishes with acknowledgement, then waits until this gateway's view applied it.
+async fn publish(
+    state: &AppState,
+    space_id: &str,
+    events: &[PreparedEvent],
+) -> Result<Applied, ApiError> {
+    let seq = state.log().publish_events(events).await?;
+    if !state
+        .memberships()
+        .wait_for(seq, state.config().read_your_writes_timeout())
+        .await
+    {
+        // Stored in the log, not yet in effect here: the caller retries (the events are
+        // idempotent in effect) or waits.
+        return Err(ApiError::unavailable(
+            "membership state",
+            format!("the view did not reach {seq} in time"),
+        ));
+    }
+    Ok(Applied {
+        space_id: space_id.to_owned(),
+        cursor: Cursor(seq).encode(),
+    })
+}
+
+/// The membership view, once it follows the log.
+async fn view(state: &AppState) -> Result<RwLockReadGuard<'_, Memberships>, ApiError> {
+    state
+        .memberships()
+        .snapshot(state.config().read_your_writes_timeout())
+        .await
+}
+
+fn id(what: &str, raw: &str) -> Result<(), ApiError> {
+    ingest::validate_id(what, raw).map_err(ApiError::bad_request)
+}
+
+fn role(raw: &str) -> Result<Role, ApiError> {
+    Role::parse(raw).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown role {raw:?} (expected owner, admin, member or viewer)"
+        ))
+    })
+}
+
+/// A space that exists, is not deleted and is not a personal space.
+fn shared_space(view: &Memberships, space_id: &str) -> Result<(), ApiError> {
+    match view.space(space_id) {
+        Some(s) if s.deleted => Err(ApiError::not_found(format!(
+            "space {space_id:?} was deleted"
+        ))),
+        Some(s) if s.space_type == SpaceType::Personal => Err(ApiError::bad_request(
+            "a personal space has exactly one member, its owner",
+        )),
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!("no space {space_id:?}"))),
+    }
+}
+
+fn member(view: &Memberships, space_id: &str, user_id: &str) -> Result<(), ApiError> {
+    shared_space(view, space_id)?;
+    view.role(space_id, user_id)
+        .map(|_| ())
+        .ok_or_else(|| ApiError::not_found(format!("{user_id:?} is not a member of {space_id:?}")))
+}

@@ -1,0 +1,522 @@
+//! Spaces, memberships and authorization: the isolation matrix over users A, B and C,
+//! read and write authorization, private records, row-level security, revocation on
+//! every gateway, and failing closed.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sync_tests::{Reply, TestApp, changes, eventually};
+
+const FAM: &str = "fam-1";
+
+fn ids(reply: &Reply) -> Vec<String> {
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body["serverChanges"]
+        .as_array()
+        .expect("serverChanges")
+        .iter()
+        .map(|c| c["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+async fn pull_ids(app: &TestApp, user: &str, query: &[(&str, &str)]) -> Vec<String> {
+    ids(&app.pull_on(&app.gateway.base, user, "notes", query).await)
+}
+
+fn insert(id: &str, space: Option<&str>, extra: Value) -> Value {
+    let mut data = json!({ "text": id });
+    if let Value::Object(extra) = extra {
+        data.as_object_mut().unwrap().extend(extra);
+    }
+    let mut change = json!({"table": "notes", "id": id, "op": "insert", "data": data});
+    if let Some(space) = space {
+        change["spaceId"] = json!(space);
+    }
+    change
+}
+
+async fn push_ok(app: &TestApp, user: &str, batch: Value) {
+    let reply = app.push_on(&app.gateway.base, user, "notes", &changes(batch)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+}
+
+/// Pushes that must be refused with 403 naming `index`, leaving the log unchanged.
+async fn push_refused(app: &TestApp, user: &str, batch: Value, index: usize) -> String {
+    let before = app.all_stream_messages().await;
+    let reply = app.push_on(&app.gateway.base, user, "notes", &changes(batch)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+    assert_eq!(reply.body["error"], "forbidden");
+    assert_eq!(reply.body["index"], index, "{}", reply.body);
+    assert_eq!(app.all_stream_messages().await, before, "nothing may land");
+    reply.body["message"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn isolation_matrix_over_three_users() {
+    let app = TestApp::spawn().await;
+    // A's personal data is A's alone.
+    push_ok(&app, "A", json!([insert("a-personal", None, json!({}))])).await;
+    assert_eq!(pull_ids(&app, "A", &[("collection", "notes")]).await, ["a-personal"]);
+    assert!(pull_ids(&app, "B", &[("collection", "notes")]).await.is_empty());
+
+    // A shared family space of A and B.
+    app.create_space(FAM, "A", &[("B", "member"), ("V", "viewer")]).await;
+    push_ok(&app, "A", json!([insert("a-shared", Some(FAM), json!({}))])).await;
+    push_ok(&app, "B", json!([insert("b-shared", Some(FAM), json!({}))])).await;
+    assert_eq!(
+        pull_ids(&app, "A", &[("collection", "notes"), ("spaceId", FAM)]).await,
+        ["a-shared", "b-shared"],
+        "A sees what B wrote into the shared space"
+    );
+    assert_eq!(
+        pull_ids(&app, "B", &[("collection", "notes")]).await,
+        ["a-shared", "b-shared"],
+        "B sees the shared space and not A's personal data"
+    );
+    assert!(pull_ids(&app, "C", &[("collection", "notes")]).await.is_empty());
+    let c_pull = app
+        .pull_on(&app.gateway.base, "C", "notes", &[("spaceId", FAM)])
+        .await;
+    assert_eq!(c_pull.status, StatusCode::FORBIDDEN, "{}", c_pull.body);
+
+    // C may not write into it; nothing of the batch lands.
+    let rows = app.db.count("change_log").await;
+    let why = push_refused(
+        &app,
+        "C",
+        json!([insert("c-own", None, json!({})), insert("c-shared", Some(FAM), json!({}))]),
+        1,
+    )
+    .await;
+    assert!(why.contains("not a member"), "{why}");
+    assert_eq!(app.db.count("change_log").await, rows);
+
+    // Somebody else's personal space, a forged author, a move between spaces.
+    push_refused(&app, "B", json!([insert("x", Some("_personal:A"), json!({}))]), 0).await;
+    let why = push_refused(
+        &app,
+        "B",
+        json!([insert("ok", Some(FAM), json!({})), insert("x", Some(FAM), json!({"authorId": "A"}))]),
+        1,
+    )
+    .await;
+    assert!(why.contains("authorId"), "{why}");
+    push_refused(
+        &app,
+        "B",
+        json!([{"table": "notes", "id": "b-shared", "op": "update", "fields": {"authorId": {"value": "A", "at": "2026-01-01T00:00:00Z"}}, "spaceId": FAM}]),
+        0,
+    )
+    .await;
+    let why = push_refused(
+        &app,
+        "A",
+        json!([insert("m", Some(FAM), json!({"spaceId": "_personal:A"}))]),
+        0,
+    )
+    .await;
+    assert!(why.contains("another space"), "{why}");
+
+    // The server stamps the author on insert.
+    let a_view = app.pull_on(&app.gateway.base, "A", "notes", &[("spaceId", FAM)]).await;
+    let b_shared = &a_view.body["serverChanges"][1];
+    assert_eq!(b_shared["data"]["authorId"], "B");
+    assert_eq!(b_shared["authorId"], "B");
+
+    // A viewer reads but does not write.
+    assert_eq!(
+        pull_ids(&app, "V", &[("collection", "notes")]).await,
+        ["a-shared", "b-shared"]
+    );
+    let why = push_refused(&app, "V", json!([insert("v", Some(FAM), json!({}))]), 0).await;
+    assert!(why.contains("viewer"), "{why}");
+}
+
+#[tokio::test]
+async fn private_records_reach_only_their_author() {
+    let app = TestApp::spawn().await;
+    app.create_space(FAM, "A", &[("B", "member")]).await;
+    push_ok(
+        &app,
+        "A",
+        json!([
+            insert("secret", Some(FAM), json!({"visibility": "private"})),
+            insert("open", Some(FAM), json!({"visibility": "space"})),
+            insert("later", Some(FAM), json!({})),
+        ]),
+    )
+    .await;
+    // B's own update of the private record (a blind write) does not reveal it either.
+    push_ok(
+        &app,
+        "B",
+        json!([{"table": "notes", "id": "secret", "op": "update", "spaceId": FAM,
+                "fields": {"visibility": {"value": "space", "at": "2030-01-01T00:00:00Z"}}}]),
+    )
+    .await;
+    assert_eq!(pull_ids(&app, "B", &[]).await, ["open", "later"]);
+    assert_eq!(
+        pull_ids(&app, "A", &[]).await,
+        ["secret", "open", "later", "secret"],
+        "the author sees every change of their private record"
+    );
+
+    // A makes a record private later: from then on B gets none of it.
+    push_ok(
+        &app,
+        "A",
+        json!([{"table": "notes", "id": "later", "op": "update", "spaceId": FAM,
+                "fields": {"visibility": {"value": "private", "at": "2026-01-01T00:00:00Z"}}}]),
+    )
+    .await;
+    assert_eq!(pull_ids(&app, "B", &[]).await, ["open"]);
+    let bad = app
+        .push_on(
+            &app.gateway.base,
+            "A",
+            "notes",
+            &changes(json!([insert("v", Some(FAM), json!({"visibility": "secret"}))])),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+}
+
+#[tokio::test]
+async fn row_level_security_filters_an_unfiltered_select() {
+    let app = TestApp::spawn().await;
+    app.create_space(FAM, "A", &[("B", "member")]).await;
+    push_ok(&app, "A", json!([insert("a-personal", None, json!({}))])).await;
+    push_ok(
+        &app,
+        "A",
+        json!([
+            insert("a-shared", Some(FAM), json!({})),
+            insert("a-private", Some(FAM), json!({"visibility": "private"})),
+        ]),
+    )
+    .await;
+    push_ok(&app, "C", json!([insert("c-personal", None, json!({}))])).await;
+    app.wait_projected().await;
+    let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+    let records_done = app.db.checkpoint("projector.records").await;
+    assert!(records_done >= app.stream_messages_last_seq().await || records_done > 0);
+    let b = gateway_access(&app, "B").await;
+
+    let mut tx = gateway::store::begin_as(&pool, &b).await.unwrap();
+    let seen: Vec<(String, String)> = sqlx::query_as("SELECT record_id, space_id FROM change_log")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, [("a-shared".to_owned(), FAM.to_owned())]);
+    let spaces: Vec<String> = sqlx::query_scalar("SELECT space_id FROM spaces")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(spaces, [FAM]);
+    let members: i64 = sqlx::query_scalar("SELECT count(*) FROM space_members")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(members, 2, "the members of B's spaces only");
+    let hidden: i64 = sqlx::query_scalar("SELECT count(*) FROM record_visibility")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(hidden, 1, "B may know a private record exists, not read it");
+    // Read as the reader role, which has no BYPASSRLS and may not write.
+    let role: (String, bool) = sqlx::query_as(
+        "SELECT current_user::text, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(role, ("sync_reader".to_owned(), false));
+    let write = sqlx::query("DELETE FROM change_log").execute(&mut *tx).await;
+    assert!(write.is_err(), "the reader role must not write");
+    tx.rollback().await.unwrap();
+
+    eventually(Duration::from_secs(20), || async {
+        let mut tx = gateway::store::begin_as(&pool, &b).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM records")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        n == 1
+    })
+    .await;
+
+    // Without a caller set, the reader role sees nothing at all.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL ROLE sync_reader")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM change_log")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+/// B's access as the gateway sees it, through the internal API's list.
+async fn gateway_access(app: &TestApp, user: &str) -> ingest::Access {
+    let reply = app
+        .internal(Method::GET, &format!("/internal/users/{user}/memberships"), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let roles = reply.body["memberships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["spaceId"].as_str().unwrap().to_owned(),
+                schemas::Role::parse(m["role"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    ingest::Access::with_roles(user, roles)
+}
+
+#[tokio::test]
+async fn removal_is_immediate_on_every_gateway_and_keeps_earlier_data() {
+    let app = TestApp::spawn().await;
+    let other = app.another_gateway().await;
+    app.create_space(FAM, "A", &[("B", "member")]).await;
+    push_ok(&app, "B", json!([insert("b-before", Some(FAM), json!({}))])).await;
+    // The second gateway knows B as a member too.
+    eventually(Duration::from_secs(10), || async {
+        app.pull_on(&other.base, "B", "notes", &[("spaceId", FAM)])
+            .await
+            .status
+            == StatusCode::OK
+    })
+    .await;
+
+    let removed = app
+        .internal(Method::DELETE, &format!("/internal/spaces/{FAM}/members/B"), None)
+        .await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+    let at = Instant::now();
+
+    // On the gateway that took the call: the very next request.
+    let pull = app
+        .pull_on(&app.gateway.base, "B", "notes", &[("spaceId", FAM)])
+        .await;
+    assert_eq!(pull.status, StatusCode::FORBIDDEN, "{}", pull.body);
+    let push = app
+        .push_on(&app.gateway.base, "B", "notes", &changes(json!([insert("b-after", Some(FAM), json!({}))])))
+        .await;
+    assert_eq!(push.status, StatusCode::FORBIDDEN, "{}", push.body);
+    assert!(pull_ids(&app, "B", &[]).await.is_empty(), "nothing of the space for B");
+
+    // On the other gateway: as soon as the event arrives (no TTL cache).
+    eventually(Duration::from_secs(1), || async {
+        app.pull_on(&other.base, "B", "notes", &[("spaceId", FAM)])
+            .await
+            .status
+            == StatusCode::FORBIDDEN
+    })
+    .await;
+    let push = app
+        .push_on(&other.base, "B", "notes", &changes(json!([insert("b-after", Some(FAM), json!({}))])))
+        .await;
+    assert_eq!(push.status, StatusCode::FORBIDDEN, "{}", push.body);
+    eprintln!("revoked on the second gateway within {:?}", at.elapsed());
+
+    // B's earlier data stays in the space for A.
+    assert_eq!(pull_ids(&app, "A", &[("spaceId", FAM)]).await, ["b-before"]);
+}
+
+#[tokio::test]
+async fn membership_api_and_compatibility_endpoint() {
+    let app = TestApp::spawn().await;
+    push_ok(&app, "A", json!([insert("first", None, json!({}))])).await;
+    app.create_space(FAM, "A", &[("B", "member")]).await;
+    let changed = app
+        .internal(
+            Method::PATCH,
+            &format!("/internal/spaces/{FAM}/members/B"),
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    let refused = app
+        .push_on(&app.gateway.base, "B", "notes", &changes(json!([insert("b", Some(FAM), json!({}))])))
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+
+    let legacy = app
+        .internal(Method::GET, "/api/v1/internal/users/B/memberships", None)
+        .await;
+    assert_eq!(legacy.status, StatusCode::OK, "{}", legacy.body);
+    assert_eq!(legacy.body["userId"], "B");
+    assert!(
+        legacy.body["memberships"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"organizationId": FAM, "role": "viewer"})),
+        "{}",
+        legacy.body
+    );
+
+    // A's personal space was created by A's first push.
+    let mine = app
+        .internal(Method::GET, "/internal/users/A/memberships", None)
+        .await;
+    let personal = schemas::space::personal_space_id("A");
+    assert!(
+        mine.body["memberships"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"spaceId": personal, "type": "personal", "role": "owner"})),
+        "{}",
+        mine.body
+    );
+
+    // The projection in PostgreSQL agrees with the gateway's view.
+    app.wait_projected().await;
+    let members = app
+        .db
+        .strings("SELECT space_id || ' ' || user_id || ' ' || role FROM space_members ORDER BY 1")
+        .await;
+    assert_eq!(
+        members,
+        [format!("{personal} A owner"), format!("{FAM} A owner"), format!("{FAM} B viewer")]
+    );
+    let spaces = app
+        .db
+        .strings("SELECT space_id || ' ' || type FROM spaces ORDER BY 1")
+        .await;
+    assert_eq!(spaces, [format!("{personal} personal"), format!("{FAM} family")]);
+
+    // Bad calls: wrong key, unknown role or type, unknown space or member, duplicates.
+    let no_key = sync_tests::send(
+        app.http
+            .get(format!("{}/internal/users/A/memberships", app.gateway.base))
+            .bearer_auth("wrong"),
+    )
+    .await;
+    assert_eq!(no_key.status, StatusCode::UNAUTHORIZED);
+    let user_token = sync_tests::send(
+        app.http
+            .get(format!("{}/internal/users/A/memberships", app.gateway.base))
+            .bearer_auth(app.token("A")),
+    )
+    .await;
+    assert_eq!(user_token.status, StatusCode::UNAUTHORIZED, "a user token is not a service key");
+    for (method, path, body, status) in [
+        (Method::POST, format!("/internal/spaces/{FAM}/members"), Some(json!({"userId": "C", "role": "king"})), StatusCode::BAD_REQUEST),
+        (Method::POST, "/internal/spaces".to_owned(), Some(json!({"type": "castle", "name": "x", "ownerId": "A"})), StatusCode::BAD_REQUEST),
+        (Method::POST, "/internal/spaces".to_owned(), Some(json!({"type": "personal", "name": "x", "ownerId": "A"})), StatusCode::BAD_REQUEST),
+        (Method::POST, "/internal/spaces".to_owned(), Some(json!({"spaceId": FAM, "type": "team", "name": "x", "ownerId": "A"})), StatusCode::CONFLICT),
+        (Method::POST, "/internal/spaces".to_owned(), Some(json!({"spaceId": "a.b", "type": "team", "name": "x", "ownerId": "A"})), StatusCode::BAD_REQUEST),
+        (Method::POST, format!("/internal/spaces/{FAM}/members"), Some(json!({"userId": "B", "role": "member"})), StatusCode::CONFLICT),
+        (Method::POST, "/internal/spaces/nope/members".to_owned(), Some(json!({"userId": "B", "role": "member"})), StatusCode::NOT_FOUND),
+        (Method::DELETE, format!("/internal/spaces/{FAM}/members/C"), None, StatusCode::NOT_FOUND),
+        (Method::POST, format!("/internal/spaces/{FAM}/members"), Some(json!("nonsense")), StatusCode::BAD_REQUEST),
+    ] {
+        let before = app.all_stream_messages().await;
+        let reply = app.internal(method.clone(), &path, body).await;
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.body);
+        assert!(reply.body["error"].is_string() && reply.body["message"].is_string());
+        assert_eq!(app.all_stream_messages().await, before, "{method} {path} wrote");
+    }
+
+    // Deleting the space ends every membership.
+    let deleted = app
+        .internal(Method::DELETE, &format!("/internal/spaces/{FAM}"), None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    let gone = app.pull_on(&app.gateway.base, "A", "notes", &[("spaceId", FAM)]).await;
+    assert_eq!(gone.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_trusted_service_publishing_to_nats_has_the_same_effect() {
+    let app = TestApp::spawn().await;
+    app.create_space(FAM, "A", &[]).await;
+    push_ok(&app, "A", json!([insert("a-shared", Some(FAM), json!({}))])).await;
+    let event = json!({
+        "eventId": uuid::Uuid::new_v4(),
+        "schemaVersion": 1,
+        "occurredAt": "2026-11-22T10:00:00Z",
+        "type": "MemberAdded",
+        "payload": {"spaceId": FAM, "userId": "B", "role": "member"},
+        "metadata": {"userId": "service:family-app", "clientId": "family-app", "receivedAt": "2026-11-22T10:00:00Z"},
+    });
+    let js = app.nats.jetstream().await;
+    js.publish(
+        schemas::subject::membership_subject(FAM),
+        serde_json::to_vec(&event).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(10), || async {
+        app.pull_on(&app.gateway.base, "B", "notes", &[("spaceId", FAM)])
+            .await
+            .status
+            == StatusCode::OK
+    })
+    .await;
+    assert_eq!(pull_ids(&app, "B", &[]).await, ["a-shared"]);
+    app.wait_projected().await;
+    assert_eq!(
+        app.db
+            .strings(&format!("SELECT role FROM space_members WHERE space_id = '{FAM}' AND user_id = 'B'"))
+            .await,
+        ["member"]
+    );
+}
+
+#[tokio::test]
+async fn membership_state_that_cannot_be_read_fails_closed() {
+    let mut app = TestApp::spawn().await;
+    app.create_space(FAM, "A", &[("B", "member")]).await;
+    push_ok(&app, "A", json!([insert("a-shared", Some(FAM), json!({}))])).await;
+    let removed = app
+        .internal(Method::DELETE, &format!("/internal/spaces/{FAM}/members/B"), None)
+        .await;
+    assert_eq!(removed.status, StatusCode::OK);
+    app.wait_projected().await;
+
+    // NATS down: the view stops following; access comes from PostgreSQL's projection,
+    // with every restriction still in force.
+    app.nats.stop();
+    let b = app.pull_on(&app.gateway.base, "B", "notes", &[("spaceId", FAM)]).await;
+    assert_eq!(b.status, StatusCode::FORBIDDEN, "{}", b.body);
+    assert!(pull_ids(&app, "B", &[]).await.is_empty());
+    assert_eq!(pull_ids(&app, "A", &[("spaceId", FAM)]).await, ["a-shared"]);
+
+    // Membership unreadable as well: 503, never an unrestricted answer.
+    app.db
+        .execute("ALTER TABLE space_members RENAME TO space_members_away")
+        .await;
+    let b = app.pull_on(&app.gateway.base, "B", "notes", &[]).await;
+    assert_eq!(b.status, StatusCode::SERVICE_UNAVAILABLE, "{}", b.body);
+    assert!(b.body["message"].as_str().unwrap().contains("membership"), "{}", b.body);
+    assert!(!b.body.to_string().contains("space_members"), "no SQL detail: {}", b.body);
+
+    // Both back: the view follows the log again.
+    app.db
+        .execute("ALTER TABLE space_members_away RENAME TO space_members")
+        .await;
+    app.nats.restart().await;
+    eventually(Duration::from_secs(20), || async {
+        app.pull_on(&app.gateway.base, "A", "notes", &[("spaceId", FAM)])
+            .await
+            .status
+            == StatusCode::OK
+    })
+    .await;
+    eventually(Duration::from_secs(20), || async {
+        app.internal(Method::GET, &format!("/internal/spaces/{FAM}"), None)
+            .await
+            .status
+            == StatusCode::OK
+    })
+    .await;
+}
