@@ -44,16 +44,21 @@ CREATE FUNCTION sync_caller_spaces() RETURNS TEXT[] LANGUAGE sql STABLE AS
 $$ SELECT COALESCE(NULLIF(current_setting('sync.spaces', true), ''), '{}')::TEXT[] $$;
 
 -- The role the gateway reads through: no BYPASSRLS, SELECT only. Roles are global to
--- the cluster, so another database may have created it already (or be doing so now).
+-- the cluster, so another database may have created it already (or be doing so now),
+-- or an administrator did, for a migrating user without CREATEROLE (scripts/dev does).
 DO $$
 BEGIN
-    CREATE ROLE sync_reader NOLOGIN NOBYPASSRLS;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'sync_reader') THEN
+        CREATE ROLE sync_reader NOLOGIN NOBYPASSRLS;
+    END IF;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
 DO $$
 BEGIN
-    GRANT sync_reader TO CURRENT_USER;
-EXCEPTION WHEN duplicate_object OR unique_violation OR invalid_grant_operation THEN NULL;
+    IF NOT pg_has_role(CURRENT_USER, 'sync_reader', 'MEMBER') THEN
+        GRANT sync_reader TO CURRENT_USER;
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
 GRANT SELECT ON change_log, records, spaces, space_members, record_visibility TO sync_reader;
 

@@ -27,9 +27,7 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 pub use config::Config;
-use {
-    auth::Verifier, error::ApiError, log::Log, membership::MembershipView, progress::Progress,
-};
+use {auth::Verifier, error::ApiError, log::Log, membership::MembershipView, progress::Progress};
 
 /// Shared state of every request.
 #[derive(Clone)]

@@ -56,9 +56,7 @@ impl MembershipView {
         }));
         let follower = view.clone();
         tokio::spawn(async move {
-            follower
-                .run(js, stream, projector, disconnects)
-                .await;
+            follower.run(js, stream, projector, disconnects).await;
         });
         view
     }
@@ -186,7 +184,10 @@ impl MembershipView {
                     }
                 }
                 // The projector parks it; the view skips it the same way.
-                _ => tracing::warn!(seq, "skipping a membership message that is not a valid event"),
+                _ => tracing::warn!(
+                    seq,
+                    "skipping a membership message that is not a valid event"
+                ),
             }
             if !caught_up && info.pending == 0 {
                 caught_up = true;

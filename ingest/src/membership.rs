@@ -161,10 +161,18 @@ mod tests {
     #[test]
     fn members_join_only_existing_spaces() {
         let mut m = Memberships::default();
-        m.apply(MembershipEvent::MemberAdded(&added("fam", "a", Role::Owner)));
+        m.apply(MembershipEvent::MemberAdded(&added(
+            "fam",
+            "a",
+            Role::Owner,
+        )));
         assert_eq!(m.role("fam", "a"), None);
         m.apply(MembershipEvent::SpaceCreated(&created("fam")));
-        m.apply(MembershipEvent::MemberAdded(&added("fam", "a", Role::Owner)));
+        m.apply(MembershipEvent::MemberAdded(&added(
+            "fam",
+            "a",
+            Role::Owner,
+        )));
         assert_eq!(m.role("fam", "a"), Some(Role::Owner));
     }
 
@@ -172,7 +180,11 @@ mod tests {
     fn role_changes_apply_to_members_only() {
         let mut m = Memberships::default();
         m.apply(MembershipEvent::SpaceCreated(&created("fam")));
-        m.apply(MembershipEvent::MemberAdded(&added("fam", "b", Role::Member)));
+        m.apply(MembershipEvent::MemberAdded(&added(
+            "fam",
+            "b",
+            Role::Member,
+        )));
         let to_viewer = |user: &str| MemberRoleChanged {
             space_id: "fam".into(),
             user_id: user.into(),
@@ -191,7 +203,11 @@ mod tests {
         let mut m = Memberships::default();
         m.apply(MembershipEvent::SpaceCreated(&created("fam")));
         for user in ["a", "b", "c"] {
-            m.apply(MembershipEvent::MemberAdded(&added("fam", user, Role::Member)));
+            m.apply(MembershipEvent::MemberAdded(&added(
+                "fam",
+                user,
+                Role::Member,
+            )));
         }
         m.apply(MembershipEvent::MemberRemoved(&MemberRemoved {
             space_id: "fam".into(),
@@ -206,7 +222,11 @@ mod tests {
         assert!(m.roles_of("a").is_empty());
         assert!(m.space("fam").unwrap().deleted);
         // A deleted space takes no new members.
-        m.apply(MembershipEvent::MemberAdded(&added("fam", "a", Role::Owner)));
+        m.apply(MembershipEvent::MemberAdded(&added(
+            "fam",
+            "a",
+            Role::Owner,
+        )));
         assert_eq!(m.role("fam", "a"), None);
         // Only the personal space is left.
         assert_eq!(m.access("a").readable_spaces().len(), 1);

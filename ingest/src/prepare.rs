@@ -111,9 +111,7 @@ fn prepare_one(
     }
     let clamp = |t: DateTime<Utc>| clamp_to_receipt(truncate_micros(t), received_at);
     let at = match change.op {
-        Op::Insert => Some(clamp(
-            insert_time(data.as_ref()).unwrap_or(received_at),
-        )),
+        Op::Insert => Some(clamp(insert_time(data.as_ref()).unwrap_or(received_at))),
         Op::Delete => Some(clamp(change.deleted_at.unwrap_or(received_at))),
         Op::Update => None,
     };
@@ -344,7 +342,10 @@ mod tests {
             json!({"table": "t", "id": "1", "op": "update", "fields": {"authorId": {"value": "bob", "at": "2026-01-01T00:00:00Z"}}}),
         ] {
             let err = prepare_batch(ctx(&alice, now), changes(json!([forged]))).unwrap_err();
-            assert!(matches!(err, RejectedBatch::Forbidden { index: Some(0), .. }));
+            assert!(matches!(
+                err,
+                RejectedBatch::Forbidden { index: Some(0), .. }
+            ));
         }
     }
 
@@ -358,8 +359,10 @@ mod tests {
         // Naming the same space twice (sentinel and id) is fine.
         prepare_batch(
             ctx(&alice, now),
-            changes(json!([{"table": "t", "id": "1", "op": "insert", "spaceId": "_personal:alice",
-                            "data": {"spaceId": alice.personal_space()}}])),
+            changes(
+                json!([{"table": "t", "id": "1", "op": "insert", "spaceId": "_personal:alice",
+                            "data": {"spaceId": alice.personal_space()}}]),
+            ),
         )
         .unwrap();
         for moving in [

@@ -313,9 +313,12 @@ async fn apply_visibility(
         .filter_map(record_change)
         .filter_map(|(msg, rc, env)| {
             let v = rc.visibility()?;
-            schemas::event::VISIBILITIES
-                .contains(&v)
-                .then_some((msg.seq, rc, env.metadata.user_id.as_str(), v))
+            schemas::event::VISIBILITIES.contains(&v).then_some((
+                msg.seq,
+                rc,
+                env.metadata.user_id.as_str(),
+                v,
+            ))
         })
         .collect();
     // One statement per change, in log order: visibility changes are rare, and a later

@@ -14,8 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     membership::{
-        MemberAdded, MemberRemoved, MemberRoleChanged, MembershipEvent, SpaceCreated,
-        SpaceDeleted,
+        MemberAdded, MemberRemoved, MemberRoleChanged, MembershipEvent, SpaceCreated, SpaceDeleted,
     },
     subject::{change_subject, membership_subject},
 };
@@ -64,12 +63,9 @@ impl Event {
     pub fn subject(&self) -> String {
         match self {
             Event::RecordChanged(rc) => change_subject(&rc.space_id, &rc.app_id, &rc.table),
-            other => membership_subject(
-                other
-                    .membership()
-                    .map(|m| m.space_id())
-                    .unwrap_or_default(),
-            ),
+            other => {
+                membership_subject(other.membership().map(|m| m.space_id()).unwrap_or_default())
+            }
         }
     }
 }

@@ -37,7 +37,10 @@ const MEMBERSHIP_NAMESPACE: Uuid = Uuid::from_u128(0x5b0e_7c1a_92d4_4f6e_8a13_c4
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/internal/spaces", post(create_space))
-        .route("/internal/spaces/{space_id}", get(get_space).delete(delete_space))
+        .route(
+            "/internal/spaces/{space_id}",
+            get(get_space).delete(delete_space),
+        )
         .route("/internal/spaces/{space_id}/members", post(add_member))
         .route(
             "/internal/spaces/{space_id}/members/{user_id}",
@@ -98,9 +101,7 @@ async fn create_space(
             "personal spaces are created by the server on first use",
         ));
     }
-    let space_id = req
-        .space_id
-        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    let space_id = req.space_id.unwrap_or_else(|| Uuid::new_v4().to_string());
     id("spaceId", &space_id)?;
     id("ownerId", &req.owner_id)?;
     if req.name.trim().is_empty() || req.name.len() > 256 || req.name.contains('\0') {
@@ -249,9 +250,9 @@ async fn memberships(
     let list: Vec<Value> = user_memberships(&state, &user_id)
         .await?
         .into_iter()
-        .map(|(space, space_type, role)| {
-            json!({"spaceId": space, "type": space_type, "role": role})
-        })
+        .map(
+            |(space, space_type, role)| json!({"spaceId": space, "type": space_type, "role": role}),
+        )
         .collect();
     Ok(Json(json!({"userId": user_id, "memberships": list})))
 }

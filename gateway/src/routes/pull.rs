@@ -60,7 +60,9 @@ pub async fn pull(
 
 /// The space a pull is limited to, if the caller may read it.
 fn readable_space(access: &Access, raw: &str) -> Result<String, ApiError> {
-    let space = access.resolve_space(Some(raw)).map_err(ApiError::forbidden)?;
+    let space = access
+        .resolve_space(Some(raw))
+        .map_err(ApiError::forbidden)?;
     if access.role(&space).is_none() {
         return Err(ApiError::forbidden(format!(
             "you are not a member of space {space:?}"

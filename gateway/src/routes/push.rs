@@ -7,8 +7,8 @@ use axum::{
     extract::{Path, State, rejection::BytesRejection},
     http::HeaderMap,
 };
-use chrono::Utc;
 use chrono::DateTime;
+use chrono::Utc;
 use ingest::{Access, PreparedEvent, PushContext};
 use schemas::Event;
 use schemas::wire::{PAGE_SIZE, SyncResponse};
@@ -100,9 +100,9 @@ fn personal_space_first_use(
     at: DateTime<Utc>,
 ) -> Option<Vec<PreparedEvent>> {
     let personal = access.personal_space();
-    let writes_into_it = events.iter().any(
-        |e| matches!(&e.envelope.event, Event::RecordChanged(rc) if rc.space_id == personal),
-    );
+    let writes_into_it = events
+        .iter()
+        .any(|e| matches!(&e.envelope.event, Event::RecordChanged(rc) if rc.space_id == personal));
     if !writes_into_it {
         return None;
     }

@@ -85,7 +85,11 @@ async fn projector_killed_mid_stream_loses_and_duplicates_nothing() {
     let mut child = spawn_projector(&app);
     writer.await.expect("writer finishes");
     let last = app.stream_messages_last_seq().await;
-    assert_eq!(app.stream_messages().await, 1000, "every change is in the log once");
+    assert_eq!(
+        app.stream_messages().await,
+        1000,
+        "every change is in the log once"
+    );
     eventually(Duration::from_secs(30), || async {
         db.projected("projector").await >= last
     })

@@ -72,7 +72,11 @@ async fn poison_messages_are_parked_and_the_log_moves_on() {
 
     let parked = parked(&app).await;
     let seqs: Vec<_> = parked.iter().map(|(s, _)| *s).collect();
-    assert_eq!(seqs, [1, nul_seq as i64, misplaced_seq as i64], "{parked:?}");
+    assert_eq!(
+        seqs,
+        [1, nul_seq as i64, misplaced_seq as i64],
+        "{parked:?}"
+    );
     assert!(parked[0].1.contains("undecodable"), "{parked:?}");
     assert!(parked[1].1.contains("NUL"), "{parked:?}");
     assert!(parked[2].1.contains("published on"), "{parked:?}");

@@ -37,19 +37,26 @@ fn insert(id: &str, space: Option<&str>, extra: Value) -> Value {
 }
 
 async fn push_ok(app: &TestApp, user: &str, batch: Value) {
-    let reply = app.push_on(&app.gateway.base, user, "notes", &changes(batch)).await;
+    let reply = app
+        .push_on(&app.gateway.base, user, "notes", &changes(batch))
+        .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 }
 
 /// Pushes that must be refused with 403 naming `index`, leaving the log unchanged.
 async fn push_refused(app: &TestApp, user: &str, batch: Value, index: usize) -> String {
     let before = app.all_stream_messages().await;
-    let reply = app.push_on(&app.gateway.base, user, "notes", &changes(batch)).await;
+    let reply = app
+        .push_on(&app.gateway.base, user, "notes", &changes(batch))
+        .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
     assert_eq!(reply.body["error"], "forbidden");
     assert_eq!(reply.body["index"], index, "{}", reply.body);
     assert_eq!(app.all_stream_messages().await, before, "nothing may land");
-    reply.body["message"].as_str().unwrap_or_default().to_owned()
+    reply.body["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -57,11 +64,19 @@ async fn isolation_matrix_over_three_users() {
     let app = TestApp::spawn().await;
     // A's personal data is A's alone.
     push_ok(&app, "A", json!([insert("a-personal", None, json!({}))])).await;
-    assert_eq!(pull_ids(&app, "A", &[("collection", "notes")]).await, ["a-personal"]);
-    assert!(pull_ids(&app, "B", &[("collection", "notes")]).await.is_empty());
+    assert_eq!(
+        pull_ids(&app, "A", &[("collection", "notes")]).await,
+        ["a-personal"]
+    );
+    assert!(
+        pull_ids(&app, "B", &[("collection", "notes")])
+            .await
+            .is_empty()
+    );
 
     // A shared family space of A and B.
-    app.create_space(FAM, "A", &[("B", "member"), ("V", "viewer")]).await;
+    app.create_space(FAM, "A", &[("B", "member"), ("V", "viewer")])
+        .await;
     push_ok(&app, "A", json!([insert("a-shared", Some(FAM), json!({}))])).await;
     push_ok(&app, "B", json!([insert("b-shared", Some(FAM), json!({}))])).await;
     assert_eq!(
@@ -74,7 +89,11 @@ async fn isolation_matrix_over_three_users() {
         ["a-shared", "b-shared"],
         "B sees the shared space and not A's personal data"
     );
-    assert!(pull_ids(&app, "C", &[("collection", "notes")]).await.is_empty());
+    assert!(
+        pull_ids(&app, "C", &[("collection", "notes")])
+            .await
+            .is_empty()
+    );
     let c_pull = app
         .pull_on(&app.gateway.base, "C", "notes", &[("spaceId", FAM)])
         .await;
@@ -85,7 +104,10 @@ async fn isolation_matrix_over_three_users() {
     let why = push_refused(
         &app,
         "C",
-        json!([insert("c-own", None, json!({})), insert("c-shared", Some(FAM), json!({}))]),
+        json!([
+            insert("c-own", None, json!({})),
+            insert("c-shared", Some(FAM), json!({}))
+        ]),
         1,
     )
     .await;
@@ -93,11 +115,20 @@ async fn isolation_matrix_over_three_users() {
     assert_eq!(app.db.count("change_log").await, rows);
 
     // Somebody else's personal space, a forged author, a move between spaces.
-    push_refused(&app, "B", json!([insert("x", Some("_personal:A"), json!({}))]), 0).await;
+    push_refused(
+        &app,
+        "B",
+        json!([insert("x", Some("_personal:A"), json!({}))]),
+        0,
+    )
+    .await;
     let why = push_refused(
         &app,
         "B",
-        json!([insert("ok", Some(FAM), json!({})), insert("x", Some(FAM), json!({"authorId": "A"}))]),
+        json!([
+            insert("ok", Some(FAM), json!({})),
+            insert("x", Some(FAM), json!({"authorId": "A"}))
+        ]),
         1,
     )
     .await;
@@ -119,7 +150,9 @@ async fn isolation_matrix_over_three_users() {
     assert!(why.contains("another space"), "{why}");
 
     // The server stamps the author on insert.
-    let a_view = app.pull_on(&app.gateway.base, "A", "notes", &[("spaceId", FAM)]).await;
+    let a_view = app
+        .pull_on(&app.gateway.base, "A", "notes", &[("spaceId", FAM)])
+        .await;
     let b_shared = &a_view.body["serverChanges"][1];
     assert_eq!(b_shared["data"]["authorId"], "B");
     assert_eq!(b_shared["authorId"], "B");
@@ -176,7 +209,11 @@ async fn private_records_reach_only_their_author() {
             &app.gateway.base,
             "A",
             "notes",
-            &changes(json!([insert("v", Some(FAM), json!({"visibility": "secret"}))])),
+            &changes(json!([insert(
+                "v",
+                Some(FAM),
+                json!({"visibility": "secret"})
+            )])),
         )
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
@@ -232,7 +269,9 @@ async fn row_level_security_filters_an_unfiltered_select() {
     .await
     .unwrap();
     assert_eq!(role, ("sync_reader".to_owned(), false));
-    let write = sqlx::query("DELETE FROM change_log").execute(&mut *tx).await;
+    let write = sqlx::query("DELETE FROM change_log")
+        .execute(&mut *tx)
+        .await;
     assert!(write.is_err(), "the reader role must not write");
     tx.rollback().await.unwrap();
 
@@ -262,7 +301,11 @@ async fn row_level_security_filters_an_unfiltered_select() {
 /// B's access as the gateway sees it, through the internal API's list.
 async fn gateway_access(app: &TestApp, user: &str) -> ingest::Access {
     let reply = app
-        .internal(Method::GET, &format!("/internal/users/{user}/memberships"), None)
+        .internal(
+            Method::GET,
+            &format!("/internal/users/{user}/memberships"),
+            None,
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let roles = reply.body["memberships"]
@@ -295,7 +338,11 @@ async fn removal_is_immediate_on_every_gateway_and_keeps_earlier_data() {
     .await;
 
     let removed = app
-        .internal(Method::DELETE, &format!("/internal/spaces/{FAM}/members/B"), None)
+        .internal(
+            Method::DELETE,
+            &format!("/internal/spaces/{FAM}/members/B"),
+            None,
+        )
         .await;
     assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
     let at = Instant::now();
@@ -306,10 +353,18 @@ async fn removal_is_immediate_on_every_gateway_and_keeps_earlier_data() {
         .await;
     assert_eq!(pull.status, StatusCode::FORBIDDEN, "{}", pull.body);
     let push = app
-        .push_on(&app.gateway.base, "B", "notes", &changes(json!([insert("b-after", Some(FAM), json!({}))])))
+        .push_on(
+            &app.gateway.base,
+            "B",
+            "notes",
+            &changes(json!([insert("b-after", Some(FAM), json!({}))])),
+        )
         .await;
     assert_eq!(push.status, StatusCode::FORBIDDEN, "{}", push.body);
-    assert!(pull_ids(&app, "B", &[]).await.is_empty(), "nothing of the space for B");
+    assert!(
+        pull_ids(&app, "B", &[]).await.is_empty(),
+        "nothing of the space for B"
+    );
 
     // On the other gateway: as soon as the event arrives (no TTL cache).
     eventually(Duration::from_secs(1), || async {
@@ -320,7 +375,12 @@ async fn removal_is_immediate_on_every_gateway_and_keeps_earlier_data() {
     })
     .await;
     let push = app
-        .push_on(&other.base, "B", "notes", &changes(json!([insert("b-after", Some(FAM), json!({}))])))
+        .push_on(
+            &other.base,
+            "B",
+            "notes",
+            &changes(json!([insert("b-after", Some(FAM), json!({}))])),
+        )
         .await;
     assert_eq!(push.status, StatusCode::FORBIDDEN, "{}", push.body);
     eprintln!("revoked on the second gateway within {:?}", at.elapsed());
@@ -343,7 +403,12 @@ async fn membership_api_and_compatibility_endpoint() {
         .await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
     let refused = app
-        .push_on(&app.gateway.base, "B", "notes", &changes(json!([insert("b", Some(FAM), json!({}))])))
+        .push_on(
+            &app.gateway.base,
+            "B",
+            "notes",
+            &changes(json!([insert("b", Some(FAM), json!({}))])),
+        )
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
 
@@ -383,13 +448,20 @@ async fn membership_api_and_compatibility_endpoint() {
         .await;
     assert_eq!(
         members,
-        [format!("{personal} A owner"), format!("{FAM} A owner"), format!("{FAM} B viewer")]
+        [
+            format!("{personal} A owner"),
+            format!("{FAM} A owner"),
+            format!("{FAM} B viewer")
+        ]
     );
     let spaces = app
         .db
         .strings("SELECT space_id || ' ' || type FROM spaces ORDER BY 1")
         .await;
-    assert_eq!(spaces, [format!("{personal} personal"), format!("{FAM} family")]);
+    assert_eq!(
+        spaces,
+        [format!("{personal} personal"), format!("{FAM} family")]
+    );
 
     // Bad calls: wrong key, unknown role or type, unknown space or member, duplicates.
     let no_key = sync_tests::send(
@@ -405,23 +477,76 @@ async fn membership_api_and_compatibility_endpoint() {
             .bearer_auth(app.token("A")),
     )
     .await;
-    assert_eq!(user_token.status, StatusCode::UNAUTHORIZED, "a user token is not a service key");
+    assert_eq!(
+        user_token.status,
+        StatusCode::UNAUTHORIZED,
+        "a user token is not a service key"
+    );
     for (method, path, body, status) in [
-        (Method::POST, format!("/internal/spaces/{FAM}/members"), Some(json!({"userId": "C", "role": "king"})), StatusCode::BAD_REQUEST),
-        (Method::POST, "/internal/spaces".to_owned(), Some(json!({"type": "castle", "name": "x", "ownerId": "A"})), StatusCode::BAD_REQUEST),
-        (Method::POST, "/internal/spaces".to_owned(), Some(json!({"type": "personal", "name": "x", "ownerId": "A"})), StatusCode::BAD_REQUEST),
-        (Method::POST, "/internal/spaces".to_owned(), Some(json!({"spaceId": FAM, "type": "team", "name": "x", "ownerId": "A"})), StatusCode::CONFLICT),
-        (Method::POST, "/internal/spaces".to_owned(), Some(json!({"spaceId": "a.b", "type": "team", "name": "x", "ownerId": "A"})), StatusCode::BAD_REQUEST),
-        (Method::POST, format!("/internal/spaces/{FAM}/members"), Some(json!({"userId": "B", "role": "member"})), StatusCode::CONFLICT),
-        (Method::POST, "/internal/spaces/nope/members".to_owned(), Some(json!({"userId": "B", "role": "member"})), StatusCode::NOT_FOUND),
-        (Method::DELETE, format!("/internal/spaces/{FAM}/members/C"), None, StatusCode::NOT_FOUND),
-        (Method::POST, format!("/internal/spaces/{FAM}/members"), Some(json!("nonsense")), StatusCode::BAD_REQUEST),
+        (
+            Method::POST,
+            format!("/internal/spaces/{FAM}/members"),
+            Some(json!({"userId": "C", "role": "king"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/internal/spaces".to_owned(),
+            Some(json!({"type": "castle", "name": "x", "ownerId": "A"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/internal/spaces".to_owned(),
+            Some(json!({"type": "personal", "name": "x", "ownerId": "A"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/internal/spaces".to_owned(),
+            Some(json!({"spaceId": FAM, "type": "team", "name": "x", "ownerId": "A"})),
+            StatusCode::CONFLICT,
+        ),
+        (
+            Method::POST,
+            "/internal/spaces".to_owned(),
+            Some(json!({"spaceId": "a.b", "type": "team", "name": "x", "ownerId": "A"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            format!("/internal/spaces/{FAM}/members"),
+            Some(json!({"userId": "B", "role": "member"})),
+            StatusCode::CONFLICT,
+        ),
+        (
+            Method::POST,
+            "/internal/spaces/nope/members".to_owned(),
+            Some(json!({"userId": "B", "role": "member"})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::DELETE,
+            format!("/internal/spaces/{FAM}/members/C"),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::POST,
+            format!("/internal/spaces/{FAM}/members"),
+            Some(json!("nonsense")),
+            StatusCode::BAD_REQUEST,
+        ),
     ] {
         let before = app.all_stream_messages().await;
         let reply = app.internal(method.clone(), &path, body).await;
         assert_eq!(reply.status, status, "{method} {path}: {}", reply.body);
         assert!(reply.body["error"].is_string() && reply.body["message"].is_string());
-        assert_eq!(app.all_stream_messages().await, before, "{method} {path} wrote");
+        assert_eq!(
+            app.all_stream_messages().await,
+            before,
+            "{method} {path} wrote"
+        );
     }
 
     // Deleting the space ends every membership.
@@ -429,7 +554,9 @@ async fn membership_api_and_compatibility_endpoint() {
         .internal(Method::DELETE, &format!("/internal/spaces/{FAM}"), None)
         .await;
     assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
-    let gone = app.pull_on(&app.gateway.base, "A", "notes", &[("spaceId", FAM)]).await;
+    let gone = app
+        .pull_on(&app.gateway.base, "A", "notes", &[("spaceId", FAM)])
+        .await;
     assert_eq!(gone.status, StatusCode::FORBIDDEN);
 }
 
@@ -466,7 +593,9 @@ async fn a_trusted_service_publishing_to_nats_has_the_same_effect() {
     app.wait_projected().await;
     assert_eq!(
         app.db
-            .strings(&format!("SELECT role FROM space_members WHERE space_id = '{FAM}' AND user_id = 'B'"))
+            .strings(&format!(
+                "SELECT role FROM space_members WHERE space_id = '{FAM}' AND user_id = 'B'"
+            ))
             .await,
         ["member"]
     );
@@ -478,7 +607,11 @@ async fn membership_state_that_cannot_be_read_fails_closed() {
     app.create_space(FAM, "A", &[("B", "member")]).await;
     push_ok(&app, "A", json!([insert("a-shared", Some(FAM), json!({}))])).await;
     let removed = app
-        .internal(Method::DELETE, &format!("/internal/spaces/{FAM}/members/B"), None)
+        .internal(
+            Method::DELETE,
+            &format!("/internal/spaces/{FAM}/members/B"),
+            None,
+        )
         .await;
     assert_eq!(removed.status, StatusCode::OK);
     app.wait_projected().await;
@@ -486,7 +619,9 @@ async fn membership_state_that_cannot_be_read_fails_closed() {
     // NATS down: the view stops following; access comes from PostgreSQL's projection,
     // with every restriction still in force.
     app.nats.stop();
-    let b = app.pull_on(&app.gateway.base, "B", "notes", &[("spaceId", FAM)]).await;
+    let b = app
+        .pull_on(&app.gateway.base, "B", "notes", &[("spaceId", FAM)])
+        .await;
     assert_eq!(b.status, StatusCode::FORBIDDEN, "{}", b.body);
     assert!(pull_ids(&app, "B", &[]).await.is_empty());
     assert_eq!(pull_ids(&app, "A", &[("spaceId", FAM)]).await, ["a-shared"]);
@@ -497,8 +632,16 @@ async fn membership_state_that_cannot_be_read_fails_closed() {
         .await;
     let b = app.pull_on(&app.gateway.base, "B", "notes", &[]).await;
     assert_eq!(b.status, StatusCode::SERVICE_UNAVAILABLE, "{}", b.body);
-    assert!(b.body["message"].as_str().unwrap().contains("membership"), "{}", b.body);
-    assert!(!b.body.to_string().contains("space_members"), "no SQL detail: {}", b.body);
+    assert!(
+        b.body["message"].as_str().unwrap().contains("membership"),
+        "{}",
+        b.body
+    );
+    assert!(
+        !b.body.to_string().contains("space_members"),
+        "no SQL detail: {}",
+        b.body
+    );
 
     // Both back: the view follows the log again.
     app.db
