@@ -70,6 +70,13 @@ ALTER TABLE spaces            ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURIT
 ALTER TABLE space_members     ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
 ALTER TABLE record_visibility ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
 
+-- Whether any record in the caller's spaces is private to someone else: when none is
+-- (the common case), the policies skip the per-row private check altogether.
+CREATE FUNCTION sync_others_private() RETURNS BOOLEAN LANGUAGE sql STABLE AS
+$$ SELECT EXISTS (SELECT 1 FROM record_visibility
+                  WHERE space_id = ANY (sync_caller_spaces()) AND visibility = 'private'
+                    AND author_id IS DISTINCT FROM sync_caller()) $$;
+
 -- `(SELECT f())` makes each setting an init plan: read once per query, not per row.
 CREATE POLICY member_spaces ON record_visibility FOR SELECT TO sync_reader
     USING (space_id = ANY ((SELECT sync_caller_spaces())::TEXT[]));
@@ -77,23 +84,23 @@ CREATE POLICY member_spaces ON record_visibility FOR SELECT TO sync_reader
 CREATE POLICY member_spaces ON change_log FOR SELECT TO sync_reader
     USING (
         space_id = ANY ((SELECT sync_caller_spaces())::TEXT[])
-        AND NOT EXISTS (
+        AND (NOT (SELECT sync_others_private()) OR NOT EXISTS (
             SELECT 1 FROM record_visibility v
             WHERE v.space_id = change_log.space_id AND v.app_id = change_log.app_id
               AND v.table_name = change_log.table_name AND v.record_id = change_log.record_id
               AND v.visibility = 'private' AND v.author_id IS DISTINCT FROM (SELECT sync_caller())
-        )
+        ))
     );
 
 CREATE POLICY member_spaces ON records FOR SELECT TO sync_reader
     USING (
         space_id = ANY ((SELECT sync_caller_spaces())::TEXT[])
-        AND NOT EXISTS (
+        AND (NOT (SELECT sync_others_private()) OR NOT EXISTS (
             SELECT 1 FROM record_visibility v
             WHERE v.space_id = records.space_id AND v.app_id = records.app_id
               AND v.table_name = records.table_name AND v.record_id = records.record_id
               AND v.visibility = 'private' AND v.author_id IS DISTINCT FROM (SELECT sync_caller())
-        )
+        ))
     );
 
 CREATE POLICY member_spaces ON spaces FOR SELECT TO sync_reader

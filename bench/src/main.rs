@@ -15,6 +15,7 @@ mod pull;
 mod push;
 mod raw;
 mod report;
+mod revocation;
 mod stack;
 mod workload;
 
@@ -64,6 +65,9 @@ struct Args {
     /// the `syncedUntil` of its previous response.
     #[arg(long)]
     no_since: bool,
+    /// Member removals timed across two gateways [default: 50, quick: 10].
+    #[arg(long)]
+    revocations: Option<usize>,
     /// Longest any single measurement may run, in seconds.
     #[arg(long, default_value_t = 120)]
     time_limit: u64,
@@ -82,6 +86,7 @@ struct Settings {
     pull_rows: usize,
     pulls: usize,
     chain_since: bool,
+    revocations: usize,
     limit: Duration,
     seed: u64,
 }
@@ -101,6 +106,7 @@ impl Args {
             pull_rows: pick(self.pull_rows, 100_000, 5_000),
             pulls: pick(self.pulls, 500, 50),
             chain_since: !self.no_since,
+            revocations: pick(self.revocations, 50, 10),
             limit: Duration::from_secs(self.time_limit),
             seed: self.seed,
         };
@@ -137,12 +143,17 @@ fn main() -> anyhow::Result<()> {
     };
     let started = std::time::Instant::now();
     let results = clients.block_on(run(&settings, &rts));
+    let revocation = clients.block_on(async {
+        progress!("revocation: {} removals across two gateways", settings.revocations);
+        revocation::measure(&rts, settings.revocations, settings.limit).await
+    });
     let wall = started.elapsed();
     for rt in [clients, gateway, projector] {
         rt.shutdown_timeout(Duration::from_secs(5));
     }
     let results = results?;
     println!("{}", report::render(&context(&settings), &results, wall));
+    println!("{}", revocation::render(&revocation?));
     Ok(())
 }
 

@@ -127,7 +127,8 @@ impl AppState {
             },
         )
         .await?;
-        tx.commit().await?;
+        // Read-only: dropped, not committed (its ROLLBACK rides on the next use).
+        drop(tx);
         Ok(SyncResponse {
             server_changes: page.changes,
             conflicts: Vec::new(),

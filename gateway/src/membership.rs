@@ -130,12 +130,19 @@ impl MembershipView {
     ) {
         let mut backoff = Duration::from_millis(50);
         loop {
+            if disconnects.has_changed().is_err() {
+                // The gateway's NATS connection is gone for good: it has shut down.
+                return;
+            }
             disconnects.mark_unchanged();
             let outcome = tokio::select! {
                 r = self.follow_once(&js, &stream, &projector) => r,
                 _ = disconnects.changed() => Err(anyhow::anyhow!("NATS connection lost")),
             };
-            self.0.live.send_replace(false);
+            if self.0.live.send_replace(false) {
+                // It had been following: a fresh failure, not a persistent one.
+                backoff = Duration::from_millis(50);
+            }
             if let Err(e) = outcome {
                 tracing::warn!(error = %e, ?backoff, "membership view stopped following; restarting");
             }

@@ -15,21 +15,36 @@ pub const READER_ROLE: &str = "sync_reader";
 /// caller's id and readable spaces set for the row-level security policies. Whatever
 /// a query in it selects, rows of spaces the caller is not a member of, and private
 /// records of other authors, are not there.
+///
+/// One round trip: the settings travel with `BEGIN` as literals (quoted here; ids with
+/// NUL are refused). The transaction only reads: dropping it instead of committing
+/// sends its `ROLLBACK` along with the connection's next use.
 pub async fn begin_as(
     pool: &PgPool,
     access: &Access,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "SELECT set_config('role', $1, true), set_config('sync.user_id', $2, true), \
-                set_config('sync.spaces', $3::text[]::text, true)",
-    )
-    .bind(READER_ROLE)
-    .bind(access.user_id())
-    .bind(access.readable_spaces())
-    .execute(&mut *tx)
-    .await?;
-    Ok(tx)
+    let spaces = access.readable_spaces();
+    let array = format!(
+        "{{{}}}",
+        spaces
+            .iter()
+            .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let (Some(user), Some(spaces)) = (literal(access.user_id()), literal(&array)) else {
+        return Err(sqlx::Error::Protocol("an id contains NUL".into()));
+    };
+    pool.begin_with(format!(
+        "BEGIN READ ONLY; SELECT set_config('role', '{READER_ROLE}', true), \
+         set_config('sync.user_id', {user}, true), set_config('sync.spaces', {spaces}, true)"
+    ))
+    .await
+}
+
+/// A PostgreSQL string literal (standard-conforming: only `'` needs doubling).
+fn literal(raw: &str) -> Option<String> {
+    (!raw.contains('\0')).then(|| format!("'{}'", raw.replace('\'', "''")))
 }
 
 /// What to read.
