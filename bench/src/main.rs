@@ -144,7 +144,10 @@ fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let results = clients.block_on(run(&settings, &rts));
     let revocation = clients.block_on(async {
-        progress!("revocation: {} removals across two gateways", settings.revocations);
+        progress!(
+            "revocation: {} removals across two gateways",
+            settings.revocations
+        );
         revocation::measure(&rts, settings.revocations, settings.limit).await
     });
     let wall = started.elapsed();

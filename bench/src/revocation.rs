@@ -41,7 +41,11 @@ pub async fn measure(
         }
         async move {
             let resp = req.send().await?;
-            anyhow::ensure!(resp.status().is_success(), "internal API: {}", resp.status());
+            anyhow::ensure!(
+                resp.status().is_success(),
+                "internal API: {}",
+                resp.status()
+            );
             Ok(())
         }
     };
