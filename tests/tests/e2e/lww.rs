@@ -112,6 +112,8 @@ async fn a_clock_far_in_the_future_cannot_win_every_conflict() {
         ),
     )
     .await;
+    // A push answers once its changes are in the log, not necessarily in PostgreSQL.
+    app.wait_projected().await;
     let stored: String = sqlx::query_scalar(
         "SELECT fields->'title'->>'at' FROM change_log ORDER BY seq DESC LIMIT 1",
     )

@@ -100,6 +100,7 @@ async fn isolation_matrix_over_three_users() {
     assert_eq!(c_pull.status, StatusCode::FORBIDDEN, "{}", c_pull.body);
 
     // C may not write into it; nothing of the batch lands.
+    app.wait_projected().await;
     let rows = app.db.count("change_log").await;
     let why = push_refused(
         &app,
@@ -112,6 +113,7 @@ async fn isolation_matrix_over_three_users() {
     )
     .await;
     assert!(why.contains("not a member"), "{why}");
+    app.wait_projected().await;
     assert_eq!(app.db.count("change_log").await, rows);
 
     // Somebody else's personal space, a forged author, a move between spaces.
