@@ -59,6 +59,17 @@ async fn push_refused(app: &TestApp, user: &str, batch: Value, index: usize) -> 
         .to_owned()
 }
 
+/// `user`'s push into the family space, on the gateway at `base`, is refused.
+async fn push_into_fam_refused(app: &TestApp, base: &str, user: &str) {
+    let batch = changes(json!([insert(
+        &format!("{user}-after"),
+        Some(FAM),
+        json!({})
+    )]));
+    let reply = app.push_on(base, user, "notes", &batch).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+}
+
 #[tokio::test]
 async fn isolation_matrix_over_three_users() {
     let app = TestApp::spawn().await;
@@ -354,15 +365,7 @@ async fn removal_is_immediate_on_every_gateway_and_keeps_earlier_data() {
         .pull_on(&app.gateway.base, "B", "notes", &[("spaceId", FAM)])
         .await;
     assert_eq!(pull.status, StatusCode::FORBIDDEN, "{}", pull.body);
-    let push = app
-        .push_on(
-            &app.gateway.base,
-            "B",
-            "notes",
-            &changes(json!([insert("b-after", Some(FAM), json!({}))])),
-        )
-        .await;
-    assert_eq!(push.status, StatusCode::FORBIDDEN, "{}", push.body);
+    push_into_fam_refused(&app, &app.gateway.base, "B").await;
     assert!(
         pull_ids(&app, "B", &[]).await.is_empty(),
         "nothing of the space for B"
@@ -376,15 +379,7 @@ async fn removal_is_immediate_on_every_gateway_and_keeps_earlier_data() {
             == StatusCode::FORBIDDEN
     })
     .await;
-    let push = app
-        .push_on(
-            &other.base,
-            "B",
-            "notes",
-            &changes(json!([insert("b-after", Some(FAM), json!({}))])),
-        )
-        .await;
-    assert_eq!(push.status, StatusCode::FORBIDDEN, "{}", push.body);
+    push_into_fam_refused(&app, &other.base, "B").await;
     eprintln!("revoked on the second gateway within {:?}", at.elapsed());
 
     // B's earlier data stays in the space for A.
@@ -404,15 +399,7 @@ async fn membership_api_and_compatibility_endpoint() {
         )
         .await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
-    let refused = app
-        .push_on(
-            &app.gateway.base,
-            "B",
-            "notes",
-            &changes(json!([insert("b", Some(FAM), json!({}))])),
-        )
-        .await;
-    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    push_into_fam_refused(&app, &app.gateway.base, "B").await;
 
     let legacy = app
         .internal(Method::GET, "/api/v1/internal/users/B/memberships", None)
