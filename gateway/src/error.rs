@@ -25,6 +25,10 @@ pub enum ApiError {
         index: Option<usize>,
     },
     #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     TooLarge(String),
     /// A dependency is down; the string names it for the client, the cause is logged.
     #[error("{what} is unavailable")]
@@ -50,19 +54,11 @@ impl ApiError {
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::BadRequest {
-            code: "not_found",
-            message: message.into(),
-            index: None,
-        }
+        Self::NotFound(message.into())
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::BadRequest {
-            code: "conflict",
-            message: message.into(),
-            index: None,
-        }
+        Self::Conflict(message.into())
     }
 
     pub fn unavailable(what: &'static str, cause: impl std::fmt::Display) -> Self {
@@ -105,18 +101,13 @@ impl IntoResponse for ApiError {
                 code,
                 message,
                 index,
-            } => {
-                let status = match *code {
-                    "not_found" => StatusCode::NOT_FOUND,
-                    "conflict" => StatusCode::CONFLICT,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                (status, *code, message.clone(), *index)
-            }
+            } => (StatusCode::BAD_REQUEST, *code, message.clone(), *index),
             Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.clone(), None),
             Self::Forbidden { message, index } => {
                 (StatusCode::FORBIDDEN, "forbidden", message.clone(), *index)
             }
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone(), None),
+            Self::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone(), None),
             Self::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m.clone(), None),
             Self::Unavailable { what, cause } => {
                 tracing::warn!(%what, %cause, "dependency unavailable");

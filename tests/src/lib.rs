@@ -177,13 +177,8 @@ impl TestApp {
 
     /// `POST /sync/{app}` as `user` from `client`.
     pub async fn push(&self, user: &str, client: &str, app: &str, body: &Value) -> Reply {
-        let req = self
-            .http
-            .post(format!("{}/sync/{app}", self.gateway.base))
-            .bearer_auth(self.token(user))
-            .header("x-client-id", client)
-            .json(body);
-        send(req).await
+        self.push_as(&self.gateway.base, user, client, app, body)
+            .await
     }
 
     /// `GET /sync/{app}/pull?collection=&since=` as `user` from `client`.
@@ -195,13 +190,9 @@ impl TestApp {
         table: &str,
         since: &str,
     ) -> Reply {
-        let req = self
-            .http
-            .get(format!("{}/sync/{app}/pull", self.gateway.base))
-            .query(&[("collection", table), ("since", since)])
-            .bearer_auth(self.token(user))
-            .header("x-client-id", client);
-        send(req).await
+        let query = [("collection", table), ("since", since)];
+        self.pull_as(&self.gateway.base, user, client, app, &query)
+            .await
     }
 
     /// Pulls every page from `since`, returning all changes and the final cursor.
@@ -326,22 +317,46 @@ impl TestApp {
         app: &str,
         query: &[(&str, &str)],
     ) -> Reply {
+        self.pull_as(base, user, &format!("{user}-reader"), app, query)
+            .await
+    }
+
+    /// `POST /sync/{app}` on any gateway.
+    pub async fn push_on(&self, base: &str, user: &str, app: &str, body: &Value) -> Reply {
+        self.push_as(base, user, &format!("{user}-writer"), app, body)
+            .await
+    }
+
+    async fn pull_as(
+        &self,
+        base: &str,
+        user: &str,
+        client: &str,
+        app: &str,
+        query: &[(&str, &str)],
+    ) -> Reply {
         let req = self
             .http
             .get(format!("{base}/sync/{app}/pull"))
             .query(query)
             .bearer_auth(self.token(user))
-            .header("x-client-id", format!("{user}-reader"));
+            .header("x-client-id", client);
         send(req).await
     }
 
-    /// `POST /sync/{app}` on any gateway.
-    pub async fn push_on(&self, base: &str, user: &str, app: &str, body: &Value) -> Reply {
+    async fn push_as(
+        &self,
+        base: &str,
+        user: &str,
+        client: &str,
+        app: &str,
+        body: &Value,
+    ) -> Reply {
         let req = self
             .http
             .post(format!("{base}/sync/{app}"))
             .bearer_auth(self.token(user))
-            .header("x-client-id", format!("{user}-writer"))
+            .header("x-client-id", client)
             .json(body);
         send(req).await
     }

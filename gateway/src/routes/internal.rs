@@ -114,27 +114,7 @@ async fn create_space(
             "space {space_id:?} already exists"
         )));
     }
-    let now = Utc::now();
-    let events = vec![
-        PreparedEvent::new(envelope(
-            once_id(&space_id, "created", ""),
-            Event::SpaceCreated(SpaceCreated {
-                space_id: space_id.clone(),
-                space_type,
-                name: req.name.clone(),
-            }),
-            now,
-        )),
-        PreparedEvent::new(envelope(
-            once_id(&space_id, "owner", &req.owner_id),
-            Event::MemberAdded(MemberAdded {
-                space_id: space_id.clone(),
-                user_id: req.owner_id.clone(),
-                role: Role::Owner,
-            }),
-            now,
-        )),
-    ];
+    let events = space_creation_events(&space_id, space_type, &req.name, &req.owner_id, Utc::now());
     let applied = publish(&state, &space_id, &events).await?;
     Ok((
         StatusCode::CREATED,
@@ -300,21 +280,33 @@ async fn user_memberships(
 /// ids depend only on the user, so creating it twice is creating it once.
 pub fn personal_space_events(user_id: &str, at: DateTime<Utc>) -> Vec<PreparedEvent> {
     let space_id = personal_space_id(user_id);
+    space_creation_events(&space_id, SpaceType::Personal, "Personal", user_id, at)
+}
+
+/// `SpaceCreated` and the owner's `MemberAdded`. Their ids depend only on the space and
+/// the owner, so a retried creation is de-duplicated like a retried push.
+fn space_creation_events(
+    space_id: &str,
+    space_type: SpaceType,
+    name: &str,
+    owner_id: &str,
+    at: DateTime<Utc>,
+) -> Vec<PreparedEvent> {
     vec![
         PreparedEvent::new(envelope(
-            once_id(&space_id, "created", ""),
+            once_id(space_id, "created", ""),
             Event::SpaceCreated(SpaceCreated {
-                space_id: space_id.clone(),
-                space_type: SpaceType::Personal,
-                name: "Personal".to_owned(),
+                space_id: space_id.to_owned(),
+                space_type,
+                name: name.to_owned(),
             }),
             at,
         )),
         PreparedEvent::new(envelope(
-            once_id(&space_id, "owner", user_id),
+            once_id(space_id, "owner", owner_id),
             Event::MemberAdded(MemberAdded {
-                space_id,
-                user_id: user_id.to_owned(),
+                space_id: space_id.to_owned(),
+                user_id: owner_id.to_owned(),
                 role: Role::Owner,
             }),
             at,
