@@ -52,6 +52,14 @@ pub struct Config {
     /// internal membership API. Without one, that API is disabled.
     #[arg(long, env = "SERVICE_KEY")]
     pub service_key: Option<Secret>,
+    /// Record changes each gateway keeps in memory from the log it follows (its tail),
+    /// so push responses need not wait for PostgreSQL. 0 turns the tail off: every
+    /// response is then read from PostgreSQL.
+    #[arg(long, env = "TAIL_EVENTS", default_value_t = 100_000)]
+    pub tail_events: usize,
+    /// Memory the tail may hold, in MiB (the oldest changes go first).
+    #[arg(long, env = "TAIL_MEMORY_MIB", default_value_t = 128)]
+    pub tail_memory_mib: usize,
     /// Longest a push waits for JetStream to acknowledge its events, in milliseconds.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,

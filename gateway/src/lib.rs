@@ -5,11 +5,13 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+mod follow;
 mod log;
 pub mod membership;
 mod progress;
 mod routes;
 pub mod store;
+pub mod tail;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -27,7 +29,17 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 pub use config::Config;
-use {auth::Verifier, error::ApiError, log::Log, membership::MembershipView, progress::Progress};
+use {
+    auth::Verifier,
+    error::ApiError,
+    log::Log,
+    membership::MembershipView,
+    progress::Progress,
+    tail::{LogTail, TailPage, TailQuery},
+};
+
+/// Longest a response waits for this gateway's tail before reading PostgreSQL instead.
+const TAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Shared state of every request.
 #[derive(Clone)]
@@ -39,6 +51,7 @@ struct Inner {
     memberships: MembershipView,
     pool: PgPool,
     progress: Progress,
+    tail: Option<LogTail>,
     verifier: Verifier,
 }
 
@@ -91,6 +104,29 @@ impl AppState {
                 Ok(self.progress().read().await?)
             }
         }
+    }
+
+    /// A page of what the caller may see after `since`, served from this gateway's tail
+    /// of the log once it has seen `target`: `None` when there is no tail, it does not
+    /// reach `target` soon, or it cannot answer exactly (the caller then reads
+    /// PostgreSQL).
+    pub(crate) async fn tail_page<'q>(
+        &self,
+        target: u64,
+        since: Since,
+        query: impl FnOnce(u64) -> TailQuery<'q>,
+    ) -> Option<TailPage> {
+        let tail = self.0.tail.as_ref()?;
+        let after = match since {
+            Since::Start => 0,
+            Since::After(cursor) => cursor.seq(),
+            Since::Timestamp(_) => return None,
+        };
+        let timeout = TAIL_WAIT.min(self.0.config.read_your_writes_timeout());
+        if !tail.wait_for(target, timeout).await {
+            return None;
+        }
+        tail.page(&query(after))
     }
 
     /// A page of what the caller may see, read as the caller: the query names only
@@ -164,6 +200,17 @@ impl App {
             config.projector_name.clone(),
             log.disconnects(),
         );
+        let tail = (config.tail_events > 0).then(|| {
+            LogTail::follow(
+                log.jetstream().clone(),
+                log.stream_name().to_owned(),
+                pool.clone(),
+                config.projector_name.clone(),
+                log.disconnects(),
+                config.tail_events,
+                config.tail_memory_mib.saturating_mul(1 << 20),
+            )
+        });
         let listener = TcpListener::bind(config.listen)
             .await
             .context("binding the listener")?;
@@ -173,6 +220,7 @@ impl App {
             memberships,
             pool,
             progress,
+            tail,
             verifier,
         }));
         Ok(Self {

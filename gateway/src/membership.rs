@@ -23,7 +23,7 @@ use schemas::{Envelope, Role, SpaceType, subject::MEMBERSHIP_SUBJECTS};
 use sqlx::{PgPool, Row as _};
 use tokio::sync::watch;
 
-use crate::error::ApiError;
+use crate::{error::ApiError, follow::keep_following};
 
 const MEMBERSHIP: &str = "membership state";
 
@@ -56,7 +56,11 @@ impl MembershipView {
         }));
         let follower = view.clone();
         tokio::spawn(async move {
-            follower.run(js, stream, projector, disconnects).await;
+            let live = follower.0.live.clone();
+            keep_following("membership view", &live, disconnects, || {
+                follower.follow_once(&js, &stream, &projector)
+            })
+            .await;
         });
         view
     }
@@ -119,36 +123,6 @@ impl MembershipView {
 
     fn read(&self) -> RwLockReadGuard<'_, Memberships> {
         self.0.state.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    async fn run(
-        &self,
-        js: jetstream::Context,
-        stream: String,
-        projector: String,
-        mut disconnects: watch::Receiver<u64>,
-    ) {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            if disconnects.has_changed().is_err() {
-                // The gateway's NATS connection is gone for good: it has shut down.
-                return;
-            }
-            disconnects.mark_unchanged();
-            let outcome = tokio::select! {
-                r = self.follow_once(&js, &stream, &projector) => r,
-                _ = disconnects.changed() => Err(anyhow::anyhow!("NATS connection lost")),
-            };
-            if self.0.live.send_replace(false) {
-                // It had been following: a fresh failure, not a persistent one.
-                backoff = Duration::from_millis(50);
-            }
-            if let Err(e) = outcome {
-                tracing::warn!(error = %e, ?backoff, "membership view stopped following; restarting");
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
     }
 
     /// Loads the snapshot, then applies every membership event after it until the

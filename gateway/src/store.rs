@@ -3,7 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use ingest::Access;
-use schemas::{Cursor, wire::ServerChange};
+use schemas::{
+    Cursor,
+    wire::{self, ServerChange},
+};
 use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction, postgres::PgRow};
 use uuid::Uuid;
@@ -160,7 +163,7 @@ fn to_change(row: &PgRow) -> Result<ServerChange, sqlx::Error> {
             .flatten(),
         op,
         data: data.and_then(as_map),
-        fields: fields.and_then(as_map).map(with_legacy_updated_at),
+        fields: fields.and_then(as_map).map(wire::with_legacy_updated_at),
         space_id: row.try_get("space_id")?,
         author_id: row.try_get("user_id")?,
         actor: row.try_get("actor")?,
@@ -174,16 +177,4 @@ fn as_map(v: Value) -> Option<Map<String, Value>> {
         Value::Object(m) => Some(m),
         _ => None,
     }
-}
-
-/// Older clients read `updatedAt` where newer ones read `at`: send both.
-fn with_legacy_updated_at(mut fields: Map<String, Value>) -> Map<String, Value> {
-    for field in fields.values_mut() {
-        if let Value::Object(f) = field
-            && let Some(at) = f.get("at").cloned()
-        {
-            f.insert("updatedAt".to_owned(), at);
-        }
-    }
-    fields
 }

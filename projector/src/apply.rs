@@ -135,7 +135,7 @@ async fn apply(
     for msg in fresh {
         match force_park
             .map(str::to_owned)
-            .map_or_else(|| decode(msg), Err)
+            .map_or_else(|| decode(&msg.subject, &msg.payload), Err)
         {
             Ok(env) => changes.push((msg, env)),
             Err(reason) => poison.push((msg, reason)),
@@ -173,17 +173,15 @@ async fn apply(
     })
 }
 
-/// A message's event, or why it cannot be one.
-fn decode(msg: &Incoming) -> Result<Envelope, String> {
+/// A message's event, or why it cannot be one (the message is then parked, never
+/// projected). Whoever else follows the log (a gateway's tail) skips the same messages.
+pub fn decode(subject: &str, payload: &[u8]) -> Result<Envelope, String> {
     let env: Envelope =
-        serde_json::from_slice(&msg.payload).map_err(|e| format!("undecodable event: {e}"))?;
+        serde_json::from_slice(payload).map_err(|e| format!("undecodable event: {e}"))?;
     let expected = env.event.subject();
-    if msg.subject != expected {
+    if subject != expected {
         // A publisher allowed on one space's subjects must not write into another.
-        return Err(format!(
-            "event for {expected} was published on {}",
-            msg.subject
-        ));
+        return Err(format!("event for {expected} was published on {subject}"));
     }
     let nul = match &env.event {
         Event::RecordChanged(rc) => ingest::validate::event_has_nul(rc, &env.metadata),

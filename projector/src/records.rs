@@ -276,7 +276,9 @@ async fn merge_records(
 }
 
 /// No row locks: the records stage is the only writer of `records`, and its locked
-/// checkpoint row already keeps a second instance out.
+/// checkpoint row already keeps a second instance out. One primary-key probe per key
+/// (the `LIMIT 1` keeps the lateral subquery from being flattened): while `records` is
+/// small the planner would otherwise hash the whole table for every batch.
 async fn load_existing(
     tx: &mut Transaction<'_, Postgres>,
     keys: &[Key],
@@ -289,11 +291,14 @@ async fn load_existing(
         keys.iter().map(|k| k.3.as_str()).collect(),
     ];
     let found = sqlx::query(
-        "SELECT r.space_id, r.app_id, r.table_name, r.record_id, r.data, r.field_at, r.exists_at, r.deleted_at, \
-                r.author_id, r.created_seq, r.updated_seq \
-         FROM records r \
-         JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS k(space_id, app_id, table_name, record_id) \
-           USING (space_id, app_id, table_name, record_id)",
+        "SELECT r.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS k(space_id, app_id, table_name, record_id) \
+         CROSS JOIN LATERAL ( \
+            SELECT r.space_id, r.app_id, r.table_name, r.record_id, r.data, r.field_at, r.exists_at, r.deleted_at, \
+                   r.author_id, r.created_seq, r.updated_seq \
+            FROM records r \
+            WHERE (r.space_id, r.app_id, r.table_name, r.record_id) = (k.space_id, k.app_id, k.table_name, k.record_id) \
+            LIMIT 1 \
+         ) r",
     )
     .bind(&cols[0])
     .bind(&cols[1])

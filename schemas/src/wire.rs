@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::{Cursor, Envelope, Op, RecordChanged, time};
+
 /// Highest change `schemaVersion` this server understands.
 pub const MAX_SCHEMA_VERSION: u32 = 1;
 
@@ -48,6 +50,54 @@ pub struct ServerChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Value>,
     pub schema_version: u32,
+}
+
+impl ServerChange {
+    /// The change clients receive for the record change `rc` of `env`, logged at `seq`:
+    /// the same as what the projector's change log serves for it.
+    pub fn from_event(seq: u64, env: &Envelope, rc: &RecordChanged) -> Self {
+        let fields = rc.fields.as_ref().map(|fields| {
+            fields
+                .iter()
+                .map(|(name, f)| {
+                    let at = Value::from(time::canonical(f.at));
+                    let mut field = Map::new();
+                    field.insert("value".to_owned(), f.value.clone());
+                    field.insert("at".to_owned(), at);
+                    (name.clone(), Value::Object(field))
+                })
+                .collect()
+        });
+        Self {
+            event_id: env.event_id,
+            cursor: Cursor(seq).encode(),
+            table: rc.table.clone(),
+            id: rc.record_id.clone(),
+            op: rc.op.as_str().to_owned(),
+            data: rc.data.clone(),
+            fields: fields.map(with_legacy_updated_at),
+            deleted_at: (rc.op == Op::Delete)
+                .then(|| rc.at.map(time::canonical))
+                .flatten(),
+            space_id: rc.space_id.clone(),
+            author_id: env.metadata.user_id.clone(),
+            actor: env.metadata.actor.clone(),
+            origin: env.metadata.origin.clone(),
+            schema_version: rc.client_schema_version,
+        }
+    }
+}
+
+/// Older clients read `updatedAt` where newer ones read `at`: changes carry both.
+pub fn with_legacy_updated_at(mut fields: Map<String, Value>) -> Map<String, Value> {
+    for field in fields.values_mut() {
+        if let Value::Object(f) = field
+            && let Some(at) = f.get("at").cloned()
+        {
+            f.insert("updatedAt".to_owned(), at);
+        }
+    }
+    fields
 }
 
 /// Every error response: `{"error": code, "message": text}` and, for a rejected change,

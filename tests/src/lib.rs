@@ -99,6 +99,8 @@ pub fn gateway_config(nats: &TestNats, db: &TestDb) -> gateway::Config {
         service_key: Some(gateway::config::Secret(SERVICE_KEY.to_owned())),
         read_your_writes_timeout_ms: 10_000,
         publish_timeout_ms: 2_000,
+        tail_events: 100_000,
+        tail_memory_mib: 128,
     }
 }
 
@@ -264,7 +266,17 @@ impl TestApp {
 
     /// A second gateway on the same NATS and database.
     pub async fn another_gateway(&self) -> RunningGateway {
-        RunningGateway::start(gateway_config(&self.nats, &self.db)).await
+        self.another_gateway_with(|_| {}).await
+    }
+
+    /// A second gateway on the same NATS and database, configured by `tweak`.
+    pub async fn another_gateway_with(
+        &self,
+        tweak: impl FnOnce(&mut gateway::Config),
+    ) -> RunningGateway {
+        let mut config = gateway_config(&self.nats, &self.db);
+        tweak(&mut config);
+        RunningGateway::start(config).await
     }
 
     /// A call to the internal API with the service key, on `gateway` (default: the
@@ -344,7 +356,8 @@ impl TestApp {
         send(req).await
     }
 
-    async fn push_as(
+    /// `POST /sync/{app}` on any gateway as `user` from `client`.
+    pub async fn push_as(
         &self,
         base: &str,
         user: &str,

@@ -6,14 +6,15 @@ use axum::{
     body::Bytes,
     extract::{Path, State, rejection::BytesRejection},
     http::HeaderMap,
+    response::{IntoResponse as _, Response},
 };
 use chrono::DateTime;
 use chrono::Utc;
 use ingest::{Access, PreparedEvent, PushContext};
 use schemas::Event;
-use schemas::wire::{PAGE_SIZE, SyncResponse};
+use schemas::wire::PAGE_SIZE;
 
-use crate::{AppState, auth::AuthUser, error::ApiError, routes};
+use crate::{AppState, auth::AuthUser, error::ApiError, routes, tail::TailQuery};
 
 #[tracing::instrument(skip_all, fields(user = %user.user_id, app = %app, changes))]
 pub async fn push(
@@ -22,7 +23,7 @@ pub async fn push(
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<SyncResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let received_at = Utc::now();
     let app = routes::app_id(&app)?;
     let body = body.map_err(|e| match e {
@@ -74,20 +75,25 @@ pub async fn push(
         Some(position) => position,
         None => state.log().last_seq().await?,
     };
+    let spaces = access.readable_spaces();
+    let exclude = Some((client_id.as_str(), user.user_id.as_str()));
+    let from_tail = state.tail_page(arrived_at, since, |after| TailQuery {
+        app_id: app,
+        table: None,
+        spaces: &spaces,
+        after,
+        exclude,
+        caller: &user.user_id,
+        limit: PAGE_SIZE,
+    });
+    if let Some(page) = from_tail.await {
+        return Ok(Json(page).into_response());
+    }
     let upto = state.wait_for_position(arrived_at).await?;
     let response = state
-        .read_page(
-            &access,
-            &access.readable_spaces(),
-            app,
-            None,
-            since,
-            upto,
-            Some((&client_id, &user.user_id)),
-            PAGE_SIZE,
-        )
+        .read_page(&access, &spaces, app, None, since, upto, exclude, PAGE_SIZE)
         .await?;
-    Ok(Json(response))
+    Ok(Json(response).into_response())
 }
 
 /// The events creating the caller's personal space, if this batch writes into it and

@@ -10,4 +10,5 @@ mod outage;
 mod paging;
 mod poison;
 mod push_pull;
+mod tail;
 mod tenancy;
