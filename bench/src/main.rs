@@ -130,6 +130,10 @@ fn runtime(name: &str) -> anyhow::Result<Runtime> {
         .with_context(|| format!("building the {name} runtime"))
 }
 
+/// The allocator: glibc's malloc spent as much CPU as our own code under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = args.settings()?;

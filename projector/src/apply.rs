@@ -3,12 +3,14 @@
 //! the checkpoint — all or nothing. Record state follows from `change_log` in the
 //! records stage (`records.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use schemas::{Envelope, Event, RecordChanged, membership::MembershipEvent, time};
 use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::records::{Handoff, Logged};
 
 pub use schemas::projection::CHECKPOINT_CHANNEL;
 
@@ -102,6 +104,16 @@ pub async fn apply_batch(
     name: &str,
     batch: &[Incoming],
 ) -> Result<Applied, ApplyError> {
+    Ok(apply(pool, name, batch, None).await?.0)
+}
+
+/// [`apply_batch`], also returning the record changes it committed, for the records
+/// stage to take over in memory.
+pub async fn apply_batch_handing_off(
+    pool: &PgPool,
+    name: &str,
+    batch: &[Incoming],
+) -> Result<(Applied, Option<Handoff>), ApplyError> {
     apply(pool, name, batch, None).await
 }
 
@@ -112,7 +124,9 @@ pub async fn park(
     msg: &Incoming,
     reason: &str,
 ) -> Result<Applied, ApplyError> {
-    apply(pool, name, std::slice::from_ref(msg), Some(reason)).await
+    Ok(apply(pool, name, std::slice::from_ref(msg), Some(reason))
+        .await?
+        .0)
 }
 
 async fn apply(
@@ -120,14 +134,15 @@ async fn apply(
     name: &str,
     batch: &[Incoming],
     force_park: Option<&str>,
-) -> Result<Applied, ApplyError> {
+) -> Result<(Applied, Option<Handoff>), ApplyError> {
     let (mut tx, last) = begin_at_checkpoint(pool, name).await?;
     let fresh: Vec<&Incoming> = batch.iter().filter(|m| m.seq as i64 > last).collect();
     let Some(top) = fresh.last().map(|m| m.seq) else {
-        return Ok(Applied {
+        let applied = Applied {
             checkpoint: last as u64,
             ..Applied::default()
-        });
+        };
+        return Ok((applied, None));
     };
 
     let mut changes = Vec::with_capacity(fresh.len());
@@ -166,11 +181,31 @@ async fn apply(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Applied {
+    let applied = Applied {
         checkpoint: top,
-        events: inserted as usize + memberships.len(),
+        events: inserted.len() + memberships.len(),
         parked: poison.len(),
-    })
+    };
+    // Exactly the change-log rows this transaction wrote: everything in (last, top].
+    let inserted: HashSet<i64> = inserted.into_iter().collect();
+    let changes = records
+        .into_iter()
+        .filter(|(msg, _)| inserted.contains(&(msg.seq as i64)))
+        .filter_map(|(msg, env)| match env.event {
+            Event::RecordChanged(change) => Some(Logged {
+                seq: msg.seq,
+                user_id: env.metadata.user_id,
+                change,
+            }),
+            _ => None,
+        })
+        .collect();
+    let handoff = Handoff {
+        after: last as u64,
+        upto: top,
+        changes,
+    };
+    Ok((applied, Some(handoff)))
 }
 
 /// A message's event, or why it cannot be one (the message is then parked, never
@@ -195,12 +230,14 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Envelope, String> {
 
 type Decoded<'a> = (&'a Incoming, Envelope);
 
+/// Inserts the record changes; returns the positions written (an event whose id is
+/// in the log already is not).
 async fn insert_change_log(
     tx: &mut Transaction<'_, Postgres>,
     changes: &[Decoded<'_>],
-) -> Result<u64, sqlx::Error> {
+) -> Result<Vec<i64>, sqlx::Error> {
     if changes.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let n = changes.len();
     let mut seq = Vec::with_capacity(n);
@@ -258,13 +295,15 @@ async fn insert_change_log(
         received.push(env.metadata.received_at);
         logged.push(msg.logged_at);
     }
-    let inserted = sqlx::query(
+    // Positions above the locked checkpoint are new by construction: only the event id
+    // is checked before inserting (one index probe per row instead of two).
+    sqlx::query_scalar(
         "INSERT INTO change_log (seq, event_id, app_id, space_id, table_name, record_id, op, at, data, fields, \
                                  user_id, client_id, actor, origin, schema_version, received_at, logged_at) \
          SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
                               $8::timestamptz[], $9::json[], $10::json[], $11::text[], $12::text[], $13::json[], \
                               $14::json[], $15::int4[], $16::timestamptz[], $17::timestamptz[]) \
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT (event_id) DO NOTHING RETURNING seq",
     )
     .bind(&seq)
     .bind(&event_id)
@@ -283,9 +322,8 @@ async fn insert_change_log(
     .bind(&version)
     .bind(&received)
     .bind(&logged)
-    .execute(&mut **tx)
-    .await?;
-    Ok(inserted.rows_affected())
+    .fetch_all(&mut **tx)
+    .await
 }
 
 /// The record change of a decoded message, if it is one.

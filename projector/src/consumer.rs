@@ -10,7 +10,10 @@ use async_nats::jetstream::{
 use futures::{FutureExt, StreamExt};
 use sqlx::PgPool;
 
-use crate::apply::{self, ApplyError, Incoming};
+use crate::{
+    apply::{self, ApplyError, Incoming},
+    records::Handoff,
+};
 
 /// Drains up to `batch_size` messages: waits for the first, then takes what is already
 /// buffered, so batches grow with load and a lone write is applied at once.
@@ -73,11 +76,13 @@ pub(crate) async fn open(
 }
 
 /// Applies one delivered batch; poison is isolated message by message and parked.
+/// Returns the checkpoint and, when the batch went in whole, what it wrote for the
+/// records stage.
 pub(crate) async fn process(
     pool: &PgPool,
     name: &str,
     msgs: &[jetstream::Message],
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Option<Handoff>)> {
     let batch: Vec<Incoming> = msgs
         .iter()
         .map(|m| {
@@ -92,8 +97,8 @@ pub(crate) async fn process(
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let checkpoint = match apply::apply_batch(pool, name, &batch).await {
-        Ok(applied) => applied.checkpoint,
+    let (checkpoint, handoff) = match apply::apply_batch_handing_off(pool, name, &batch).await {
+        Ok((applied, handoff)) => (applied.checkpoint, handoff),
         Err(ApplyError::Refused(e)) => {
             tracing::warn!(error = %e, size = batch.len(), "batch refused; applying one by one to isolate poison");
             let mut checkpoint = 0;
@@ -108,7 +113,7 @@ pub(crate) async fn process(
                     Err(e) => return Err(e.into()),
                 };
             }
-            checkpoint
+            (checkpoint, None)
         }
         Err(e) => return Err(e.into()),
     };
@@ -118,5 +123,5 @@ pub(crate) async fn process(
             tracing::debug!(error = %e, "ack failed; the checkpoint covers redelivery");
         }
     }
-    Ok(checkpoint)
+    Ok((checkpoint, handoff))
 }

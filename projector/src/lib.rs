@@ -17,9 +17,13 @@ use std::{future::Future, pin::pin, time::Duration};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use sqlx::{Executor as _, PgPool, postgres::PgPoolOptions};
-use tokio::sync::watch;
+use tokio::sync::{Mutex, mpsc, watch};
 
 pub use config::{Config, Connections};
+use records::Handoff;
+
+/// Hand-offs from the log stage to the records stage that may wait in memory.
+const HANDOFFS_QUEUED: usize = 64;
 
 /// Applies the SQL migrations under `migrations/`.
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
@@ -110,11 +114,10 @@ impl Projector {
                     // a database crash takes its checkpoint with it (same WAL record),
                     // and the events are applied again from the log. So the projector
                     // need not wait for each commit to reach disk.
-                    // Batch sizes and table sizes vary too much for generic plans.
-                    conn.execute(
-                        "SET synchronous_commit = off; SET plan_cache_mode = force_custom_plan",
-                    )
-                    .await?;
+                    // Every statement's plan suits any batch and table size (key probes,
+                    // sequence ranges, `UNNEST` inserts), so generic plans are kept: no
+                    // planning per batch.
+                    conn.execute("SET synchronous_commit = off").await?;
                     Ok(())
                 })
             })
@@ -147,6 +150,10 @@ impl Projector {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop) = watch::channel(false);
         let (progress_tx, progress) = watch::channel(0u64);
+        // What the log stage committed, for the records stage to take in memory. When
+        // it is full, hand-offs are dropped: the records stage reads `change_log`.
+        let (handoff_tx, handoff_rx) = mpsc::channel::<Handoff>(HANDOFFS_QUEUED);
+        let handoff_rx = Mutex::new(handoff_rx);
         let work = async {
             // One active projector per name; a second one waits here as a standby.
             let _lock = tokio::select! {
@@ -154,10 +161,16 @@ impl Projector {
                 () = stopped(stop.clone()) => return Ok(()),
             };
             tokio::try_join!(
-                retrying("log stage", stop.clone(), || self
-                    .consume(stop.clone(), &progress_tx)),
-                retrying("records stage", stop.clone(), || self
-                    .follow(progress.clone(), stop.clone())),
+                retrying("log stage", stop.clone(), || self.consume(
+                    stop.clone(),
+                    &progress_tx,
+                    &handoff_tx
+                )),
+                retrying("records stage", stop.clone(), || self.follow(
+                    progress.clone(),
+                    &handoff_rx,
+                    stop.clone()
+                )),
             )?;
             Ok(())
         };
@@ -177,6 +190,7 @@ impl Projector {
         &self,
         stop: watch::Receiver<bool>,
         progress: &watch::Sender<u64>,
+        handoffs: &mpsc::Sender<Handoff>,
     ) -> anyhow::Result<()> {
         let name = &self.config.name;
         let checkpoint = apply::checkpoint(&self.pool, name).await?;
@@ -195,34 +209,58 @@ impl Projector {
                 () = stopped(stop.clone()) => return Ok(()),
             };
             // Not raced against shutdown: the batch in flight is finished.
-            let checkpoint = consumer::process(&self.pool, name, &batch).await?;
+            let (checkpoint, handoff) = consumer::process(&self.pool, name, &batch).await?;
+            if let Some(handoff) = handoff {
+                let _ = handoffs.try_send(handoff);
+            }
             progress.send_replace(checkpoint);
             tracing::debug!(checkpoint, size = batch.len(), "batch applied");
         }
     }
 
-    /// The records stage: follows the log stage's checkpoint through `change_log`.
+    /// The records stage: follows the log stage's checkpoint, taking what the log stage
+    /// hands over in memory when it continues where the records stage stands, and
+    /// reading `change_log` otherwise (after a restart, a dropped hand-off, or a log
+    /// stage in another process).
     async fn follow(
         &self,
         mut progress: watch::Receiver<u64>,
+        handoffs: &Mutex<mpsc::Receiver<Handoff>>,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let name = records::checkpoint_name(&self.config.name);
-        apply::checkpoint(&self.pool, &name).await?;
+        let limit = self.config.batch_size;
+        let mut at = apply::checkpoint(&self.pool, &name).await?;
+        let mut logged = apply::read_checkpoint(&self.pool, &self.config.name).await?;
+        let mut incoming = handoffs.lock().await;
+        let mut waiting = records::Handoffs::default();
         loop {
             if *stop.borrow() {
                 return Ok(());
             }
-            let upto = apply::read_checkpoint(&self.pool, &self.config.name).await?;
-            let reached =
-                records::apply_upto(&self.pool, &name, upto, self.config.batch_size).await?;
-            if reached < upto {
+            while waiting.len() < HANDOFFS_QUEUED
+                && let Ok(h) = incoming.try_recv()
+            {
+                waiting.push(h);
+            }
+            let run = waiting.take_run(at, limit);
+            if !run.is_empty() {
+                at = records::apply_handed(&self.pool, &name, run, limit).await?;
+                continue;
+            }
+            logged = logged.max(*progress.borrow_and_update());
+            let upto = waiting.next_start().map_or(logged, |next| next.min(logged));
+            if upto > at {
+                at = records::apply_upto(&self.pool, &name, upto, limit).await?;
                 continue;
             }
             tokio::select! {
+                h = incoming.recv(), if waiting.len() < HANDOFFS_QUEUED => waiting.extend(h),
                 _ = progress.changed() => {}
-                // Also catches up with a log stage running in another process.
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                // Catches up with a log stage running in another process.
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    logged = apply::read_checkpoint(&self.pool, &self.config.name).await?;
+                }
                 () = stopped(stop.clone()) => return Ok(()),
             }
         }

@@ -21,6 +21,10 @@ enum Command {
     Migrate,
 }
 
+/// The allocator: glibc's malloc spent as much CPU as our own code under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     projector::telemetry::init();

@@ -6,7 +6,7 @@
 //! `change_log` holds each event once (duplicates by event id never enter it), so
 //! following it applies each change exactly once; the checkpoint commits with the state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use ingest::lww::RecordState;
@@ -14,18 +14,120 @@ use schemas::{FieldValue, Op, RecordChanged, time};
 use serde_json::{Map, Value};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-use crate::apply::{ApplyError, begin_at_checkpoint};
+use crate::apply::{ApplyError, begin_at_checkpoint, read_checkpoint};
 
 /// Name of the records stage's checkpoint for projector `name`.
 pub fn checkpoint_name(name: &str) -> String {
     format!("{name}.records")
 }
 
-/// One change read back from `change_log`.
+/// One change of `change_log`: read back from it, or handed over by the log stage.
 pub(crate) struct Logged {
+    pub(crate) seq: u64,
+    pub(crate) user_id: String,
+    pub(crate) change: RecordChanged,
+}
+
+/// What a committed log-stage transaction wrote to `change_log`, handed to the records
+/// stage in memory so it need not read it back: exactly the rows with a position in
+/// `(after, upto]`.
+pub struct Handoff {
+    pub(crate) after: u64,
+    pub(crate) upto: u64,
+    pub(crate) changes: Vec<Logged>,
+}
+
+/// Hand-offs waiting for the records stage, in log order.
+#[derive(Default)]
+pub(crate) struct Handoffs(VecDeque<Handoff>);
+
+impl Handoffs {
+    pub(crate) fn push(&mut self, h: Handoff) {
+        self.0.push_back(h);
+    }
+
+    /// Drops what the records stage has passed, then takes the consecutive run starting
+    /// right after `at` (up to about `limit` changes), if the next one starts there.
+    pub(crate) fn take_run(&mut self, at: u64, limit: usize) -> Vec<Handoff> {
+        while self.0.front().is_some_and(|h| h.upto <= at) {
+            self.0.pop_front();
+        }
+        let mut run: Vec<Handoff> = Vec::new();
+        let mut end = at;
+        let mut changes = 0;
+        while let Some(next) = self.0.front() {
+            if next.after != end || (!run.is_empty() && changes + next.changes.len() > limit) {
+                break;
+            }
+            end = next.upto;
+            changes += next.changes.len();
+            run.extend(self.0.pop_front());
+        }
+        run
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn extend(&mut self, h: Option<Handoff>) {
+        self.0.extend(h);
+    }
+
+    /// Where the next waiting hand-off starts, if any.
+    pub(crate) fn next_start(&self) -> Option<u64> {
+        self.0.front().map(|h| h.after)
+    }
+}
+
+/// Applies consecutive hand-offs, the first continuing right after the records
+/// checkpoint, in one transaction. Returns the new checkpoint; when the checkpoint is
+/// not where the first starts (another instance moved it), applies nothing and returns
+/// it. A change PostgreSQL refuses is isolated through the change log instead.
+pub(crate) async fn apply_handed(
+    pool: &PgPool,
+    name: &str,
+    run: Vec<Handoff>,
+    limit: usize,
+) -> Result<u64, ApplyError> {
+    let (Some(after), Some(upto)) = (run.first().map(|h| h.after), run.last().map(|h| h.upto))
+    else {
+        return Ok(read_checkpoint(pool, name).await?);
+    };
+    let (mut tx, last) = begin_at_checkpoint(pool, name).await?;
+    if last as u64 != after {
+        return Ok(last as u64);
+    }
+    let changes: Vec<Logged> = run.into_iter().flat_map(|h| h.changes).collect();
+    match merge_records(&mut tx, &changes)
+        .await
+        .map_err(ApplyError::from)
+    {
+        Ok(()) => {}
+        Err(ApplyError::Refused(_)) => {
+            drop(tx);
+            return apply_upto(pool, name, upto, limit).await;
+        }
+        Err(e) => return Err(e),
+    }
+    set_checkpoint(&mut tx, name, upto).await?;
+    tx.commit().await?;
+    Ok(upto)
+}
+
+async fn set_checkpoint(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
     seq: u64,
-    user_id: String,
-    change: RecordChanged,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projector_checkpoints SET last_seq = $2, updated_at = now() WHERE name = $1",
+    )
+    .bind(name)
+    .bind(seq as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Applies the changes after the records checkpoint up to `upto` (at most `limit` of
@@ -107,13 +209,7 @@ async fn apply(
         }
         None => merge_records(&mut tx, &logged).await?,
     }
-    sqlx::query(
-        "UPDATE projector_checkpoints SET last_seq = $2, updated_at = now() WHERE name = $1",
-    )
-    .bind(name)
-    .bind(checkpoint as i64)
-    .execute(&mut *tx)
-    .await?;
+    set_checkpoint(&mut tx, name, checkpoint).await?;
     tx.commit().await?;
     Ok(checkpoint)
 }
@@ -155,6 +251,8 @@ fn read_logged(row: &sqlx::postgres::PgRow) -> Result<Logged, sqlx::Error> {
 type Key = (String, String, String, String);
 
 struct Pending {
+    /// Already in `records` (loaded), or new in this batch.
+    existed: bool,
     state: RecordState,
     author: String,
     created_seq: i64,
@@ -184,6 +282,7 @@ async fn merge_records(
             rows.insert(
                 key.clone(),
                 Pending {
+                    existed: false,
                     state: RecordState::default(),
                     author: String::new(),
                     created_seq: 0,
@@ -212,67 +311,108 @@ async fn merge_records(
         row.state = std::mem::take(&mut row.state).apply(rc);
     }
 
-    let n = order.len();
-    let (mut space, mut app, mut table, mut record) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut data, mut field_at, mut exists_at, mut deleted_at) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut author, mut created, mut updated) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for key in &order {
-        let row = &rows[key];
-        space.push(key.0.as_str());
-        app.push(key.1.as_str());
-        table.push(key.2.as_str());
-        record.push(key.3.as_str());
-        data.push(Value::Object(row.state.data.clone()));
-        field_at.push(Value::Object(
-            row.state
-                .field_at
-                .iter()
-                .map(|(k, t)| (k.clone(), Value::from(time::canonical(*t))))
-                .collect(),
-        ));
-        exists_at.push(row.state.exists_at);
-        deleted_at.push(row.state.deleted_at);
-        author.push(row.author.as_str());
-        created.push(row.created_seq);
-        updated.push(row.updated_seq);
+    // Rows that exist are updated, new ones inserted: no conflict check per row.
+    let (existing, new): (Vec<&Key>, Vec<&Key>) = order.iter().partition(|key| rows[*key].existed);
+    if !new.is_empty() {
+        let c = Columns::of(&new, &rows);
+        sqlx::query(
+            "INSERT INTO records (space_id, app_id, table_name, record_id, data, field_at, exists_at, deleted_at, \
+                                  author_id, created_seq, updated_seq) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
+                                  $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int8[], $11::int8[])",
+        )
+        .bind(&c.space)
+        .bind(&c.app)
+        .bind(&c.table)
+        .bind(&c.record)
+        .bind(&c.data)
+        .bind(&c.field_at)
+        .bind(&c.exists_at)
+        .bind(&c.deleted_at)
+        .bind(&c.author)
+        .bind(&c.created)
+        .bind(&c.updated)
+        .execute(&mut **tx)
+        .await?;
     }
-    sqlx::query(
-        "INSERT INTO records (space_id, app_id, table_name, record_id, data, field_at, exists_at, deleted_at, \
-                              author_id, created_seq, updated_seq) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
-                              $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int8[], $11::int8[]) \
-         ON CONFLICT (space_id, app_id, table_name, record_id) DO UPDATE SET \
-            data = EXCLUDED.data, field_at = EXCLUDED.field_at, exists_at = EXCLUDED.exists_at, \
-            deleted_at = EXCLUDED.deleted_at, updated_seq = EXCLUDED.updated_seq",
-    )
-    .bind(&space)
-    .bind(&app)
-    .bind(&table)
-    .bind(&record)
-    .bind(&data)
-    .bind(&field_at)
-    .bind(&exists_at)
-    .bind(&deleted_at)
-    .bind(&author)
-    .bind(&created)
-    .bind(&updated)
-    .execute(&mut **tx)
-    .await?;
+    if !existing.is_empty() {
+        let c = Columns::of(&existing, &rows);
+        sqlx::query(
+            "UPDATE records r SET data = u.data, field_at = u.field_at, exists_at = u.exists_at, \
+                    deleted_at = u.deleted_at, updated_seq = u.updated_seq \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
+                         $7::timestamptz[], $8::timestamptz[], $9::int8[]) \
+                  AS u(space_id, app_id, table_name, record_id, data, field_at, exists_at, deleted_at, updated_seq) \
+             WHERE (r.space_id, r.app_id, r.table_name, r.record_id) = (u.space_id, u.app_id, u.table_name, u.record_id)",
+        )
+        .bind(&c.space)
+        .bind(&c.app)
+        .bind(&c.table)
+        .bind(&c.record)
+        .bind(&c.data)
+        .bind(&c.field_at)
+        .bind(&c.exists_at)
+        .bind(&c.deleted_at)
+        .bind(&c.updated)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
+}
+
+/// Record rows as column arrays, for `UNNEST`.
+struct Columns<'a> {
+    space: Vec<&'a str>,
+    app: Vec<&'a str>,
+    table: Vec<&'a str>,
+    record: Vec<&'a str>,
+    data: Vec<Value>,
+    field_at: Vec<Value>,
+    exists_at: Vec<Option<DateTime<Utc>>>,
+    deleted_at: Vec<Option<DateTime<Utc>>>,
+    author: Vec<&'a str>,
+    created: Vec<i64>,
+    updated: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(keys: &[&'a Key], rows: &'a HashMap<Key, Pending>) -> Self {
+        let n = keys.len();
+        let mut c = Self {
+            space: Vec::with_capacity(n),
+            app: Vec::with_capacity(n),
+            table: Vec::with_capacity(n),
+            record: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            field_at: Vec::with_capacity(n),
+            exists_at: Vec::with_capacity(n),
+            deleted_at: Vec::with_capacity(n),
+            author: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
+            updated: Vec::with_capacity(n),
+        };
+        for key in keys {
+            let row = &rows[*key];
+            c.space.push(key.0.as_str());
+            c.app.push(key.1.as_str());
+            c.table.push(key.2.as_str());
+            c.record.push(key.3.as_str());
+            c.data.push(Value::Object(row.state.data.clone()));
+            c.field_at.push(Value::Object(
+                row.state
+                    .field_at
+                    .iter()
+                    .map(|(k, t)| (k.clone(), Value::from(time::canonical(*t))))
+                    .collect(),
+            ));
+            c.exists_at.push(row.state.exists_at);
+            c.deleted_at.push(row.state.deleted_at);
+            c.author.push(row.author.as_str());
+            c.created.push(row.created_seq);
+            c.updated.push(row.updated_seq);
+        }
+        c
+    }
 }
 
 /// No row locks: the records stage is the only writer of `records`, and its locked
@@ -322,6 +462,7 @@ async fn load_existing(
         rows.insert(
             key,
             Pending {
+                existed: true,
                 state,
                 author: r.get(8),
                 created_seq: r.get(9),
@@ -336,5 +477,62 @@ fn into_map(v: Value) -> Map<String, Value> {
     match v {
         Value::Object(m) => m,
         _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handoff(after: u64, upto: u64, changes: usize) -> Handoff {
+        let change = |seq| Logged {
+            seq,
+            user_id: "u".to_owned(),
+            change: RecordChanged {
+                app_id: "app".to_owned(),
+                space_id: "s".to_owned(),
+                table: "t".to_owned(),
+                record_id: format!("r{seq}"),
+                op: Op::Insert,
+                at: None,
+                data: Some(Map::new()),
+                fields: None,
+                client_schema_version: 1,
+            },
+        };
+        Handoff {
+            after,
+            upto,
+            changes: (after + 1..=after + changes as u64).map(change).collect(),
+        }
+    }
+
+    fn ranges(run: &[Handoff]) -> Vec<(u64, u64)> {
+        run.iter().map(|h| (h.after, h.upto)).collect()
+    }
+
+    #[test]
+    fn runs_continue_exactly_where_the_records_stage_stands() {
+        let mut waiting = Handoffs::default();
+        for (after, upto) in [(0, 10), (10, 20), (20, 30), (40, 50)] {
+            waiting.push(handoff(after, upto, 5));
+        }
+        // Passed hand-offs are dropped; a run is consecutive and bounded in changes.
+        assert_eq!(ranges(&waiting.take_run(10, 8)), [(10, 20)]);
+        assert_eq!(ranges(&waiting.take_run(20, 100)), [(20, 30)]);
+        // A gap (a dropped hand-off, 30..40): nothing to take; the change log fills it.
+        assert!(waiting.take_run(30, 100).is_empty());
+        assert_eq!(waiting.next_start(), Some(40));
+        assert_eq!(ranges(&waiting.take_run(40, 100)), [(40, 50)]);
+        assert_eq!((waiting.len(), waiting.next_start()), (0, None));
+    }
+
+    #[test]
+    fn a_run_always_takes_at_least_one_hand_off() {
+        let mut waiting = Handoffs::default();
+        waiting.push(handoff(0, 10, 10));
+        waiting.push(handoff(10, 20, 10));
+        assert_eq!(ranges(&waiting.take_run(0, 3)), [(0, 10)]);
+        assert_eq!(ranges(&waiting.take_run(10, 3)), [(10, 20)]);
     }
 }
