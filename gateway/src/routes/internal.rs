@@ -115,7 +115,7 @@ async fn create_space(
         )));
     }
     let events = space_creation_events(&space_id, space_type, &req.name, &req.owner_id, Utc::now());
-    let applied = publish(&state, &space_id, &events).await?;
+    let applied = publish(&state, &space_id, events).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -340,14 +340,14 @@ fn once_id(space_id: &str, what: &str, user_id: &str) -> Uuid {
 
 async fn publish_one(state: &AppState, space_id: &str, event: Event) -> Result<Applied, ApiError> {
     let event = PreparedEvent::new(envelope(Uuid::new_v4(), event, Utc::now()));
-    publish(state, space_id, std::slice::from_ref(&event)).await
+    publish(state, space_id, vec![event]).await
 }
 
 /// Publishes with acknowledgement, then waits until this gateway's view applied it.
 async fn publish(
     state: &AppState,
     space_id: &str,
-    events: &[PreparedEvent],
+    events: Vec<PreparedEvent>,
 ) -> Result<Applied, ApiError> {
     let seq = state.log().publish_events(events).await?;
     if !state

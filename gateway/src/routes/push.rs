@@ -69,7 +69,7 @@ pub async fn push(
     let before = if events.is_empty() {
         None
     } else {
-        state.log().publish_all(&events).await?
+        state.log().publish_all(events).await?
     };
     let arrived_at = match before {
         Some(position) => position,

@@ -78,3 +78,68 @@ async fn a_resend_with_new_changes_added_lands_only_the_new_ones() {
     let ids: Vec<_> = seen.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a", "b", "c"]);
 }
+
+/// Concurrent pushes are published together (group commit). Each still lands whole and
+/// contiguous in the log, exactly once, also when resends are among them: a combined
+/// batch holding an event the log already has is published push by push instead.
+#[tokio::test]
+async fn concurrent_pushes_and_resends_each_land_once_and_together() {
+    let app = TestApp::spawn().await;
+    let base = app.gateway.base.clone();
+    let batch = |user: usize, round: usize| {
+        let changes: Vec<_> = (0..10)
+            .map(|k| json!({"table": "tasks", "id": format!("u{user}-r{round}-{k}"), "op": "insert", "data": {}}))
+            .collect();
+        json!({ "changes": changes })
+    };
+    let users: Vec<String> = (0..8).map(|u| format!("user{u}")).collect();
+    for (u, user) in users.iter().enumerate() {
+        let reply = app
+            .push_as(&base, user, "first", "todo", &batch(u, 0))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    for round in 1..=3 {
+        let bodies: Vec<_> = (0..users.len())
+            .map(|u| (batch(u, 0), batch(u, round)))
+            .collect();
+        let requests = users
+            .iter()
+            .zip(&bodies)
+            .flat_map(|(user, (resend, fresh))| {
+                [
+                    futures::future::Either::Left(
+                        app.push_as(&base, user, "first", "todo", resend),
+                    ),
+                    futures::future::Either::Right(
+                        app.push_as(&base, user, "second", "todo", fresh),
+                    ),
+                ]
+            });
+        for reply in futures::future::join_all(requests).await {
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        }
+    }
+    assert_eq!(app.stream_messages().await, 8 * 10 * 4);
+
+    // Every push's changes sit next to each other in the log.
+    let js = app.nats.jetstream().await;
+    let stream = js
+        .get_stream(schemas::stream::DEFAULT_STREAM)
+        .await
+        .unwrap();
+    let mut pushes: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for seq in 1..=stream.cached_info().state.last_sequence {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        let env: schemas::Envelope = serde_json::from_slice(&msg.payload).unwrap();
+        if let schemas::Event::RecordChanged(rc) = env.event {
+            let push = rc.record_id.rsplit_once('-').unwrap().0.to_owned();
+            pushes.entry(push).or_default().push(seq);
+        }
+    }
+    assert_eq!(pushes.len(), 8 * 4);
+    for (push, seqs) in pushes {
+        assert_eq!(seqs.len(), 10, "{push}");
+        assert_eq!(seqs[9] - seqs[0], 9, "{push} is not contiguous: {seqs:?}");
+    }
+}
