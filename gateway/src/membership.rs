@@ -154,7 +154,7 @@ impl MembershipView {
             let msg = msg?;
             let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
             let seq = info.stream_sequence;
-            match serde_json::from_slice::<Envelope>(&msg.payload) {
+            match Envelope::from_json(&msg.payload) {
                 Ok(env) if msg.subject.as_str() == env.event.subject() => {
                     if let Some(event) = env.event.membership() {
                         self.0

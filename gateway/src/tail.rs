@@ -27,7 +27,7 @@ use std::{
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt as _;
-use schemas::{Cursor, Event, RecordChanged, wire::ServerChange};
+use schemas::{Cursor, Event, RecordChanged, wire::ServerChangeView};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sqlx::{PgPool, Row as _};
@@ -332,7 +332,7 @@ impl Window {
 
 impl Entry {
     fn new(seq: u64, env: &schemas::Envelope, rc: &RecordChanged) -> anyhow::Result<Self> {
-        let change = ServerChange::from_event(seq, env, rc);
+        let change = ServerChangeView::new(seq, env, rc);
         Ok(Self {
             seq,
             event_id: env.event_id,

@@ -211,8 +211,7 @@ async fn apply(
 /// A message's event, or why it cannot be one (the message is then parked, never
 /// projected). Whoever else follows the log (a gateway's tail) skips the same messages.
 pub fn decode(subject: &str, payload: &[u8]) -> Result<Envelope, String> {
-    let env: Envelope =
-        serde_json::from_slice(payload).map_err(|e| format!("undecodable event: {e}"))?;
+    let env = Envelope::from_json(payload).map_err(|e| format!("undecodable event: {e}"))?;
     let expected = env.event.subject();
     if subject != expected {
         // A publisher allowed on one space's subjects must not write into another.

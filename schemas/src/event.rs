@@ -164,7 +164,52 @@ pub struct Metadata {
     pub received_at: DateTime<Utc>,
 }
 
+/// An envelope as the log holds it, with the payload left unparsed until its type is
+/// known.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireEnvelope<'a> {
+    event_id: Uuid,
+    schema_version: u32,
+    occurred_at: DateTime<Utc>,
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    payload: &'a serde_json::value::RawValue,
+    metadata: Metadata,
+}
+
 impl Envelope {
+    /// Decodes an envelope from the log's JSON. The same result as deserializing it,
+    /// several times cheaper: the derived decoder buffers every field of the flattened,
+    /// tagged event before reading it; this one reads the payload once its type is
+    /// known. Every follower of the log (projector, gateway) decodes each event with it.
+    pub fn from_json(json: &[u8]) -> Result<Self, serde_json::Error> {
+        use serde::de::Error as _;
+        let wire: WireEnvelope<'_> = serde_json::from_slice(json)?;
+        let payload = wire.payload.get();
+        let event = match wire.kind.as_ref() {
+            "RecordChanged" => Event::RecordChanged(serde_json::from_str(payload)?),
+            "SpaceCreated" => Event::SpaceCreated(serde_json::from_str(payload)?),
+            "MemberAdded" => Event::MemberAdded(serde_json::from_str(payload)?),
+            "MemberRoleChanged" => Event::MemberRoleChanged(serde_json::from_str(payload)?),
+            "MemberRemoved" => Event::MemberRemoved(serde_json::from_str(payload)?),
+            "SpaceDeleted" => Event::SpaceDeleted(serde_json::from_str(payload)?),
+            other => {
+                return Err(serde_json::Error::custom(format!(
+                    "unknown event type {other:?}"
+                )));
+            }
+        };
+        Ok(Self {
+            event_id: wire.event_id,
+            schema_version: wire.schema_version,
+            occurred_at: wire.occurred_at,
+            event,
+            metadata: wire.metadata,
+        })
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing these types cannot fail: every map key is a string.
         serde_json::to_vec(self).unwrap_or_default()
@@ -212,5 +257,40 @@ mod tests {
         assert!(json["metadata"].get("actor").is_none());
         let back: Envelope = serde_json::from_value(json).unwrap();
         assert_eq!(back, env);
+        assert_eq!(Envelope::from_json(&env.to_json()).unwrap(), env);
+    }
+
+    #[test]
+    fn the_fast_decoder_reads_every_event_type_like_the_derived_one() {
+        let metadata =
+            r#""metadata": {"userId": "u", "clientId": "c", "receivedAt": "2026-01-01T00:00:00Z"}"#;
+        let events = [
+            r#""type": "SpaceCreated", "payload": {"spaceId": "s", "type": "family", "name": "F"}"#,
+            r#""type": "MemberAdded", "payload": {"spaceId": "s", "userId": "b", "role": "viewer"}"#,
+            r#""type": "MemberRoleChanged", "payload": {"spaceId": "s", "userId": "b", "role": "admin"}"#,
+            r#""type": "MemberRemoved", "payload": {"spaceId": "s", "userId": "b"}"#,
+            r#""type": "SpaceDeleted", "payload": {"spaceId": "s"}"#,
+            r#""payload": {"appId": "a", "spaceId": "s", "table": "t", "recordId": "r", "op": "insert",
+                "data": {"x": "\u00e9\"q"}, "clientSchemaVersion": 1}, "type": "RecordChanged""#,
+        ];
+        for event in events {
+            let json = format!(
+                r#"{{"eventId": "00000000-0000-0000-0000-000000000001", "schemaVersion": 1,
+                    "occurredAt": "2026-01-01T00:00:00Z", {event}, {metadata}, "extra": 1}}"#
+            );
+            let derived: Envelope = serde_json::from_str(&json).unwrap();
+            assert_eq!(
+                Envelope::from_json(json.as_bytes()).unwrap(),
+                derived,
+                "{event}"
+            );
+        }
+        for bad in [
+            r#"{"type": "Nope", "payload": {}}"#,
+            r#"{"eventId": "00000000-0000-0000-0000-000000000001", "schemaVersion": 1, "occurredAt": "2026-01-01T00:00:00Z", "type": "SpaceDeleted", "payload": {"spaceId": 1}, "metadata": {}}"#,
+            "not json",
+        ] {
+            assert!(Envelope::from_json(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 }

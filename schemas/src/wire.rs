@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::{Cursor, Envelope, Op, RecordChanged, time};
+use std::collections::BTreeMap;
+
+use crate::{Cursor, Envelope, FieldValue, Op, RecordChanged, time};
 
 /// Highest change `schemaVersion` this server understands.
 pub const MAX_SCHEMA_VERSION: u32 = 1;
@@ -52,39 +54,81 @@ pub struct ServerChange {
     pub schema_version: u32,
 }
 
-impl ServerChange {
-    /// The change clients receive for the record change `rc` of `env`, logged at `seq`:
-    /// the same as what the projector's change log serves for it.
-    pub fn from_event(seq: u64, env: &Envelope, rc: &RecordChanged) -> Self {
-        let fields = rc.fields.as_ref().map(|fields| {
-            fields
-                .iter()
-                .map(|(name, f)| {
-                    let at = Value::from(time::canonical(f.at));
-                    let mut field = Map::new();
-                    field.insert("value".to_owned(), f.value.clone());
-                    field.insert("at".to_owned(), at);
-                    (name.clone(), Value::Object(field))
-                })
-                .collect()
-        });
+/// The change clients receive for the record change `rc` of `env`, logged at `seq`,
+/// borrowed from the event: it serializes exactly as the [`ServerChange`] the change
+/// log serves for it, without copying the event first.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerChangeView<'a> {
+    event_id: Uuid,
+    cursor: String,
+    table: &'a str,
+    id: &'a str,
+    op: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<FieldsView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_at: Option<String>,
+    space_id: &'a str,
+    author_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<&'a Value>,
+    schema_version: u32,
+}
+
+impl<'a> ServerChangeView<'a> {
+    pub fn new(seq: u64, env: &'a Envelope, rc: &'a RecordChanged) -> Self {
         Self {
             event_id: env.event_id,
             cursor: Cursor(seq).encode(),
-            table: rc.table.clone(),
-            id: rc.record_id.clone(),
-            op: rc.op.as_str().to_owned(),
-            data: rc.data.clone(),
-            fields: fields.map(with_legacy_updated_at),
+            table: &rc.table,
+            id: &rc.record_id,
+            op: rc.op.as_str(),
+            data: rc.data.as_ref(),
+            fields: rc.fields.as_ref().map(FieldsView),
             deleted_at: (rc.op == Op::Delete)
                 .then(|| rc.at.map(time::canonical))
                 .flatten(),
-            space_id: rc.space_id.clone(),
-            author_id: env.metadata.user_id.clone(),
-            actor: env.metadata.actor.clone(),
-            origin: env.metadata.origin.clone(),
+            space_id: &rc.space_id,
+            author_id: &env.metadata.user_id,
+            actor: env.metadata.actor.as_ref(),
+            origin: env.metadata.origin.as_ref(),
             schema_version: rc.client_schema_version,
         }
+    }
+}
+
+/// `{field: {value, at, updatedAt}}`.
+#[derive(Debug)]
+struct FieldsView<'a>(&'a BTreeMap<String, FieldValue>);
+
+impl Serialize for FieldsView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        #[derive(Serialize)]
+        struct Field<'a> {
+            value: &'a Value,
+            at: &'a str,
+            #[serde(rename = "updatedAt")]
+            updated_at: &'a str,
+        }
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, f) in self.0 {
+            let at = time::canonical(f.at);
+            map.serialize_entry(
+                name,
+                &Field {
+                    value: &f.value,
+                    at: &at,
+                    updated_at: &at,
+                },
+            )?;
+        }
+        map.end()
     }
 }
 
@@ -108,4 +152,86 @@ pub struct ErrorBody {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
+}
+
+#[cfg(test)]
+mod view_tests {
+    use chrono::{DateTime, Utc};
+    use serde_json::json;
+
+    use super::*;
+    use crate::Metadata;
+
+    fn envelope(op: Op, at: Option<DateTime<Utc>>) -> Envelope {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        Envelope {
+            event_id: Uuid::nil(),
+            schema_version: 1,
+            occurred_at: t("2026-01-01T00:00:00Z"),
+            event: crate::Event::RecordChanged(RecordChanged {
+                app_id: "app".into(),
+                space_id: "s".into(),
+                table: "notes".into(),
+                record_id: "n1".into(),
+                op,
+                at,
+                data: None,
+                fields: (op == Op::Update).then(|| {
+                    BTreeMap::from([(
+                        "text".to_owned(),
+                        FieldValue {
+                            value: json!("hi"),
+                            at: t("2026-05-01T12:00:00.5+02:00"),
+                        },
+                    )])
+                }),
+                client_schema_version: 1,
+            }),
+            metadata: Metadata {
+                user_id: "A".into(),
+                client_id: "phone".into(),
+                actor: Some(json!({"kind": "ai"})),
+                origin: None,
+                received_at: t("2026-01-01T00:00:00Z"),
+            },
+        }
+    }
+
+    fn view(env: &Envelope) -> Value {
+        let crate::Event::RecordChanged(rc) = &env.event else {
+            unreachable!("a record change")
+        };
+        serde_json::to_value(ServerChangeView::new(7, env, rc)).unwrap()
+    }
+
+    #[test]
+    fn a_view_serializes_as_the_change_clients_receive() {
+        let update = view(&envelope(Op::Update, None));
+        let expected = ServerChange {
+            event_id: Uuid::nil(),
+            cursor: Cursor(7).encode(),
+            table: "notes".into(),
+            id: "n1".into(),
+            op: "update".into(),
+            data: None,
+            fields: Some(with_legacy_updated_at(
+                json!({"text": {"value": "hi", "at": "2026-05-01T10:00:00.500000Z"}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+            )),
+            deleted_at: None,
+            space_id: "s".into(),
+            author_id: "A".into(),
+            actor: Some(json!({"kind": "ai"})),
+            origin: None,
+            schema_version: 1,
+        };
+        assert_eq!(update, serde_json::to_value(&expected).unwrap());
+
+        let at = "2026-05-02T00:00:00Z".parse().unwrap();
+        let delete = view(&envelope(Op::Delete, Some(at)));
+        assert_eq!(delete["deletedAt"], time::canonical(at));
+        assert!(delete.get("fields").is_none() && delete.get("origin").is_none());
+    }
 }
