@@ -23,7 +23,7 @@ use axum::{
     routing::{get, post},
 };
 use ingest::Access;
-use schemas::{Since, wire::SyncResponse};
+use schemas::Since;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
@@ -143,7 +143,7 @@ impl AppState {
         upto: u64,
         exclude: Option<(&str, &str)>,
         limit: usize,
-    ) -> Result<SyncResponse, ApiError> {
+    ) -> Result<store::PageResponse, ApiError> {
         let mut tx = store::begin_as(&self.0.pool, access).await?;
         let after = match since {
             Since::Start => 0,
@@ -165,9 +165,9 @@ impl AppState {
         .await?;
         // Read-only: dropped, not committed (its ROLLBACK rides on the next use).
         drop(tx);
-        Ok(SyncResponse {
+        Ok(store::PageResponse {
             server_changes: page.changes,
-            conflicts: Vec::new(),
+            conflicts: [],
             synced_until: page.synced_until.encode(),
             has_more: page.has_more,
         })

@@ -3,11 +3,12 @@
 
 use chrono::{DateTime, Utc};
 use ingest::Access;
-use schemas::{
-    Cursor,
-    wire::{self, ServerChange},
-};
-use serde_json::{Map, Value};
+use std::{borrow::Cow, collections::BTreeMap};
+
+use schemas::Cursor;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction, postgres::PgRow};
 use uuid::Uuid;
 
@@ -68,8 +69,46 @@ pub struct ChangeQuery<'a> {
 
 /// A page of changes and the cursor to resume from.
 pub struct Page {
-    pub changes: Vec<ServerChange>,
+    pub changes: Vec<StoredChange>,
     pub synced_until: Cursor,
+    pub has_more: bool,
+}
+
+/// A change as the change log holds it, serialized as the `ServerChange` clients
+/// receive. Payloads pass through as the JSON text PostgreSQL returns, never parsed
+/// into a tree; only each field's `at` is repeated as `updatedAt` for older clients.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredChange {
+    event_id: Uuid,
+    cursor: String,
+    table: String,
+    id: String,
+    op: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_at: Option<String>,
+    space_id: String,
+    author_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<Box<RawValue>>,
+    schema_version: u32,
+    #[serde(skip)]
+    seq: u64,
+}
+
+/// A pull or push response read from PostgreSQL.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageResponse {
+    pub server_changes: Vec<StoredChange>,
+    pub conflicts: [(); 0],
+    pub synced_until: String,
     pub has_more: bool,
 }
 
@@ -117,13 +156,13 @@ pub async fn changes_since(
         .fetch_all(conn)
         .await?;
     let has_more = rows.len() > q.limit;
-    let changes: Vec<ServerChange> = rows
+    let changes: Vec<StoredChange> = rows
         .iter()
         .take(q.limit)
         .map(to_change)
         .collect::<Result<_, _>>()?;
     let synced_until = match changes.last() {
-        Some(last) if has_more => Cursor::decode(&last.cursor).unwrap_or(Cursor(q.after)),
+        Some(last) if has_more => Cursor(last.seq),
         _ => Cursor(q.upto),
     };
     Ok(Page {
@@ -148,33 +187,53 @@ pub async fn position_at(
     Ok(seq.map_or(upto, |s| (s as u64).saturating_sub(1)))
 }
 
-fn to_change(row: &PgRow) -> Result<ServerChange, sqlx::Error> {
+fn to_change(row: &PgRow) -> Result<StoredChange, sqlx::Error> {
+    let seq = row.try_get::<i64, _>("seq")? as u64;
     let op: String = row.try_get("op")?;
     let at: Option<DateTime<Utc>> = row.try_get("at")?;
-    let fields: Option<Value> = row.try_get("fields")?;
-    let data: Option<Value> = row.try_get("data")?;
-    Ok(ServerChange {
+    let json = |column: &str| -> Result<Option<Box<RawValue>>, sqlx::Error> {
+        let value: Option<Json<Box<RawValue>>> = row.try_get(column)?;
+        Ok(value.map(|Json(raw)| raw).filter(|raw| raw.get() != "null"))
+    };
+    let fields = json("fields")?
+        .map(|raw| with_legacy_updated_at(&raw))
+        .transpose()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(StoredChange {
         event_id: row.try_get::<Uuid, _>("event_id")?,
-        cursor: Cursor(row.try_get::<i64, _>("seq")? as u64).encode(),
+        cursor: Cursor(seq).encode(),
         table: row.try_get("table_name")?,
         id: row.try_get("record_id")?,
         deleted_at: (op == "delete")
             .then(|| at.map(schemas::time::canonical))
             .flatten(),
         op,
-        data: data.and_then(as_map),
-        fields: fields.and_then(as_map).map(wire::with_legacy_updated_at),
+        data: json("data")?.filter(|raw| raw.get().starts_with('{')),
+        fields,
         space_id: row.try_get("space_id")?,
         author_id: row.try_get("user_id")?,
-        actor: row.try_get("actor")?,
-        origin: row.try_get("origin")?,
+        actor: json("actor")?,
+        origin: json("origin")?,
         schema_version: row.try_get::<i32, _>("schema_version")? as u32,
+        seq,
     })
 }
 
-fn as_map(v: Value) -> Option<Map<String, Value>> {
-    match v {
-        Value::Object(m) => Some(m),
-        _ => None,
+/// `{field: {value, at}}` as stored, with `updatedAt` beside each `at` (older clients
+/// read that), values passed through unparsed.
+fn with_legacy_updated_at(stored: &RawValue) -> Result<Box<RawValue>, serde_json::Error> {
+    #[derive(Deserialize, Serialize)]
+    struct Field<'a> {
+        #[serde(borrow)]
+        value: &'a RawValue,
+        #[serde(borrow)]
+        at: Cow<'a, str>,
+        #[serde(rename = "updatedAt", default, skip_deserializing)]
+        updated_at: Cow<'a, str>,
     }
+    let mut fields: BTreeMap<Cow<'_, str>, Field<'_>> = serde_json::from_str(stored.get())?;
+    for field in fields.values_mut() {
+        field.updated_at = field.at.clone();
+    }
+    serde_json::value::to_raw_value(&fields)
 }

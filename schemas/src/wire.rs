@@ -132,18 +132,6 @@ impl Serialize for FieldsView<'_> {
     }
 }
 
-/// Older clients read `updatedAt` where newer ones read `at`: changes carry both.
-pub fn with_legacy_updated_at(mut fields: Map<String, Value>) -> Map<String, Value> {
-    for field in fields.values_mut() {
-        if let Value::Object(f) = field
-            && let Some(at) = f.get("at").cloned()
-        {
-            f.insert("updatedAt".to_owned(), at);
-        }
-    }
-    fields
-}
-
 /// Every error response: `{"error": code, "message": text}` and, for a rejected change,
 /// its index in the batch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -195,6 +183,18 @@ mod view_tests {
                 received_at: t("2026-01-01T00:00:00Z"),
             },
         }
+    }
+
+    /// Older clients read `updatedAt` where newer ones read `at`: changes carry both.
+    fn with_legacy_updated_at(mut fields: Map<String, Value>) -> Map<String, Value> {
+        for field in fields.values_mut() {
+            if let Value::Object(f) = field
+                && let Some(at) = f.get("at").cloned()
+            {
+                f.insert("updatedAt".to_owned(), at);
+            }
+        }
+        fields
     }
 
     fn view(env: &Envelope) -> Value {

@@ -6,10 +6,10 @@ use axum::{
     http::HeaderMap,
 };
 use ingest::Access;
-use schemas::wire::{PAGE_SIZE, SyncResponse};
+use schemas::wire::PAGE_SIZE;
 use serde::Deserialize;
 
-use crate::{AppState, auth::AuthUser, error::ApiError, routes};
+use crate::{AppState, auth::AuthUser, error::ApiError, routes, store};
 
 #[derive(Debug, Deserialize)]
 pub struct PullParams {
@@ -27,7 +27,7 @@ pub async fn pull(
     Path(app): Path<String>,
     Query(params): Query<PullParams>,
     headers: HeaderMap,
-) -> Result<Json<SyncResponse>, ApiError> {
+) -> Result<Json<store::PageResponse>, ApiError> {
     let app = routes::app_id(&app)?;
     if let Some(table) = &params.collection {
         ingest::validate_id("collection", table).map_err(ApiError::bad_request)?;
