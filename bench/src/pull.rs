@@ -89,6 +89,9 @@ pub async fn load(
 pub struct PullRun {
     pub gateway: Histogram<u64>,
     pub raw: Histogram<u64>,
+    /// The same query as the gateway's caller: a transaction in the reader role with
+    /// the caller set, under row-level security (`gateway::store::begin_as`).
+    pub rls: Histogram<u64>,
     pub errors: BTreeMap<String, u64>,
     pub first_error: Option<String>,
     /// Pages that were not full (1000 changes and `hasMore`).
@@ -110,8 +113,14 @@ pub async fn measure(
     let mut pg = PgConnection::connect(&stack.db.url)
         .await
         .context("connecting for the raw page query")?;
+    let reader = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&stack.db.url)
+        .await
+        .context("connecting for the page query under row-level security")?;
     let upto = stack.checkpoint().await?;
     let space = vec![schemas::space::personal_space_id(OWNER)];
+    let owner = ingest::Access::with_roles(OWNER, Default::default());
     let mut rng = StdRng::seed_from_u64(seed);
     // A full page needs PAGE_SIZE rows after the cursor, plus one for `hasMore`.
     let last_start = data.seqs.len() - PAGE_SIZE - 1;
@@ -135,11 +144,14 @@ pub async fn measure(
     for after in afters.iter().take(10) {
         let _ = pull(*after).await?.bytes().await?;
         raw_page(&mut pg, &space, *after, upto).await?;
+        let mut tx = gateway::store::begin_as(&reader, &owner).await?;
+        raw_page(&mut tx, &space, *after, upto).await?;
     }
 
     let mut run = PullRun {
         gateway: histogram(),
         raw: histogram(),
+        rls: histogram(),
         errors: BTreeMap::new(),
         first_error: None,
         short_pages: 0,
@@ -182,9 +194,21 @@ pub async fn measure(
             "the raw page query returned {} rows",
             rows.len()
         );
+
+        let t0 = Instant::now();
+        let mut tx = gateway::store::begin_as(&reader, &owner).await?;
+        let rows = raw_page(&mut tx, &space, after, upto).await?;
+        drop(tx);
+        run.rls.saturating_record(t0.elapsed().as_micros() as u64);
+        anyhow::ensure!(
+            rows.len() == PAGE_SIZE + 1,
+            "the page query under row-level security returned {} rows",
+            rows.len()
+        );
     }
     run.cpu = before.usage_until(&cpu::snapshot(stack.postmaster));
     pg.close().await?;
+    reader.close().await;
     Ok(run)
 }
 

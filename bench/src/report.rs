@@ -285,6 +285,25 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
             .collect(),
     );
 
+    row(
+        &mut out,
+        "Pull SQL via sqlx under row-level security, p50 / p99",
+        r.pull
+            .iter()
+            .map(|p| {
+                format!(
+                    "{:.2} / {:.2} ms (max {:.2}; p50 {:+.0}% over the same SQL without it, \
+                     {:+.1}% of the gateway's pull p50)",
+                    ms(&p.rls, 0.5),
+                    ms(&p.rls, 0.99),
+                    p.rls.max() as f64 / 1000.0,
+                    (ms(&p.rls, 0.5) / ms(&p.raw, 0.5) - 1.0) * 100.0,
+                    (ms(&p.rls, 0.5) - ms(&p.raw, 0.5)) / ms(&p.gateway, 0.5) * 100.0
+                )
+            })
+            .collect(),
+    );
+
     let _ = writeln!(
         out,
         "\n### Where the CPU went (median run; % of one core, {} cores available)\n",
