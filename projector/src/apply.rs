@@ -104,7 +104,7 @@ pub async fn apply_batch(
     name: &str,
     batch: &[Incoming],
 ) -> Result<Applied, ApplyError> {
-    Ok(apply(pool, name, batch, None).await?.0)
+    Ok(apply_batch_handing_off(pool, name, batch).await?.0)
 }
 
 /// [`apply_batch`], also returning the record changes it committed, for the records
@@ -114,8 +114,33 @@ pub async fn apply_batch_handing_off(
     name: &str,
     batch: &[Incoming],
 ) -> Result<(Applied, Option<Handoff>), ApplyError> {
-    apply(pool, name, batch, None).await
+    match apply(pool, name, batch, None, EventIds::New).await {
+        // Rare: an event the log holds twice (a resend JetStream no longer caught).
+        Err(ApplyError::Transient(e)) if is_repeated_event_id(&e) => {
+            apply(pool, name, batch, None, EventIds::MayRepeat).await
+        }
+        other => other,
+    }
 }
+
+/// Whether the change log may already hold some of a batch's event ids.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EventIds {
+    /// Assumed new: plain inserts, a repeated id fails the batch (then retried as below).
+    New,
+    /// Checked per row before inserting; repeated ones are skipped.
+    MayRepeat,
+}
+
+/// A batch failed because an event id is in the change log already.
+fn is_repeated_event_id(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| {
+        d.code().as_deref() == Some("23505") && d.constraint() == Some(EVENT_ID_UNIQUE)
+    })
+}
+
+/// The unique constraint on `change_log.event_id`.
+const EVENT_ID_UNIQUE: &str = "change_log_event_id_key";
 
 /// Parks one message with `reason` and moves the checkpoint past it.
 pub async fn park(
@@ -124,9 +149,15 @@ pub async fn park(
     msg: &Incoming,
     reason: &str,
 ) -> Result<Applied, ApplyError> {
-    Ok(apply(pool, name, std::slice::from_ref(msg), Some(reason))
-        .await?
-        .0)
+    Ok(apply(
+        pool,
+        name,
+        std::slice::from_ref(msg),
+        Some(reason),
+        EventIds::MayRepeat,
+    )
+    .await?
+    .0)
 }
 
 async fn apply(
@@ -134,6 +165,7 @@ async fn apply(
     name: &str,
     batch: &[Incoming],
     force_park: Option<&str>,
+    event_ids: EventIds,
 ) -> Result<(Applied, Option<Handoff>), ApplyError> {
     let (mut tx, last) = begin_at_checkpoint(pool, name).await?;
     let fresh: Vec<&Incoming> = batch.iter().filter(|m| m.seq as i64 > last).collect();
@@ -160,7 +192,16 @@ async fn apply(
     let (records, memberships): (Vec<_>, Vec<_>) = changes
         .into_iter()
         .partition(|(_, env)| matches!(env.event, Event::RecordChanged(_)));
-    let inserted = insert_change_log(&mut tx, &records).await?;
+    let inserted = insert_change_log(&mut tx, &records, event_ids)
+        .await
+        .map_err(|e| {
+            if is_repeated_event_id(&e) {
+                // Not the data's fault: retried with per-row checks (see above).
+                ApplyError::Transient(e)
+            } else {
+                ApplyError::from(e)
+            }
+        })?;
     apply_visibility(&mut tx, &records).await?;
     for (msg, env) in &memberships {
         if let Some(event) = env.event.membership() {
@@ -234,6 +275,7 @@ type Decoded<'a> = (&'a Incoming, Envelope);
 async fn insert_change_log(
     tx: &mut Transaction<'_, Postgres>,
     changes: &[Decoded<'_>],
+    event_ids: EventIds,
 ) -> Result<Vec<i64>, sqlx::Error> {
     if changes.is_empty() {
         return Ok(Vec::new());
@@ -294,16 +336,21 @@ async fn insert_change_log(
         received.push(env.metadata.received_at);
         logged.push(msg.logged_at);
     }
-    // Positions above the locked checkpoint are new by construction: only the event id
-    // is checked before inserting (one index probe per row instead of two).
-    sqlx::query_scalar(
+    // Positions above the locked checkpoint are new by construction; event ids almost
+    // always are, and are checked per row only when a batch turned out not to be (the
+    // check is a second index probe per row).
+    let on_conflict = match event_ids {
+        EventIds::New => "",
+        EventIds::MayRepeat => "ON CONFLICT (event_id) DO NOTHING",
+    };
+    sqlx::query_scalar(&format!(
         "INSERT INTO change_log (seq, event_id, app_id, space_id, table_name, record_id, op, at, data, fields, \
                                  user_id, client_id, actor, origin, schema_version, received_at, logged_at) \
          SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
                               $8::timestamptz[], $9::json[], $10::json[], $11::text[], $12::text[], $13::json[], \
                               $14::json[], $15::int4[], $16::timestamptz[], $17::timestamptz[]) \
-         ON CONFLICT (event_id) DO NOTHING RETURNING seq",
-    )
+         {on_conflict} RETURNING seq"
+    ))
     .bind(&seq)
     .bind(&event_id)
     .bind(&app)
