@@ -1,7 +1,7 @@
 //! Timestamps as instants: parsing the ISO-8601 forms clients send, and the clock-skew
 //! rule applied to field timestamps.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 
 /// How far ahead of the server clock a client timestamp may be before it is clamped.
 pub const MAX_FUTURE_SKEW: TimeDelta = TimeDelta::minutes(5);
@@ -60,12 +60,38 @@ pub fn clamp_to_receipt(at: DateTime<Utc>, received_at: DateTime<Utc>) -> DateTi
 /// Canonical text form of an instant: fixed-width microseconds and `Z`, so string order
 /// equals time order for years 0000–9999.
 pub fn canonical(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    if (0..=9999).contains(&t.year()) {
+        // The same text as the format below, several times faster to write (the
+        // projector writes it for every field of every change).
+        t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    } else {
+        t.format(CANONICAL_FORMAT).to_string()
+    }
 }
+
+const CANONICAL_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_text_is_the_fixed_width_format() {
+        for raw in [
+            "2026-05-01T10:00:00Z",
+            "2026-05-01T10:00:00.5+02:00",
+            "0001-01-01T00:00:00.000001Z",
+            "9999-12-31T23:59:59.999999Z",
+            "1970-01-01T00:00:00.123456789Z",
+        ] {
+            let t = at(raw);
+            assert_eq!(
+                canonical(t),
+                t.format(CANONICAL_FORMAT).to_string(),
+                "{raw}"
+            );
+        }
+    }
 
     fn at(raw: &str) -> DateTime<Utc> {
         parse_instant(raw).unwrap_or_else(|| panic!("{raw} did not parse"))
