@@ -23,7 +23,10 @@ use schemas::{Envelope, Role, SpaceType, subject::MEMBERSHIP_SUBJECTS};
 use sqlx::{PgPool, Row as _};
 use tokio::sync::watch;
 
-use crate::{error::ApiError, follow::keep_following};
+use crate::{
+    error::ApiError,
+    follow::{Following, keep_following, snapshot_at_checkpoint},
+};
 
 const MEMBERSHIP: &str = "membership state";
 
@@ -32,10 +35,8 @@ pub struct MembershipView(Arc<Inner>);
 
 struct Inner {
     state: RwLock<Memberships>,
-    /// Following the log right now.
-    live: watch::Sender<bool>,
-    /// Sequence of the last membership event applied (or the snapshot's checkpoint).
-    position: watch::Sender<u64>,
+    /// Position: the last membership event applied (or the snapshot's checkpoint).
+    following: Following,
     pool: PgPool,
 }
 
@@ -50,13 +51,12 @@ impl MembershipView {
     ) -> Self {
         let view = Self(Arc::new(Inner {
             state: RwLock::new(Memberships::default()),
-            live: watch::Sender::new(false),
-            position: watch::Sender::new(0),
+            following: Following::new(),
             pool,
         }));
         let follower = view.clone();
         tokio::spawn(async move {
-            let live = follower.0.live.clone();
+            let live = follower.0.following.live().clone();
             keep_following("membership view", &live, disconnects, || {
                 follower.follow_once(&js, &stream, &projector)
             })
@@ -66,7 +66,7 @@ impl MembershipView {
     }
 
     pub fn is_live(&self) -> bool {
-        *self.0.live.borrow()
+        self.0.following.is_live()
     }
 
     /// What `user_id` may read and write at this moment.
@@ -95,11 +95,7 @@ impl MembershipView {
         &self,
         timeout: Duration,
     ) -> Result<RwLockReadGuard<'_, Memberships>, ApiError> {
-        let mut live = self.0.live.subscribe();
-        if tokio::time::timeout(timeout, live.wait_for(|l| *l))
-            .await
-            .is_err()
-        {
+        if !self.0.following.wait_live(timeout).await {
             return Err(ApiError::unavailable(
                 MEMBERSHIP,
                 "the membership view is not following the log",
@@ -115,10 +111,7 @@ impl MembershipView {
 
     /// Waits (bounded) until the view has applied the log up to `seq`.
     pub async fn wait_for(&self, seq: u64, timeout: Duration) -> bool {
-        let mut rx = self.0.position.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= seq))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        self.0.following.wait_for(seq, timeout).await
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Memberships> {
@@ -147,8 +140,8 @@ impl MembershipView {
         let mut caught_up = consumer.cached_info().num_pending == 0;
         let mut messages = consumer.messages().await?;
         *self.0.state.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
-        self.0.position.send_replace(checkpoint);
-        self.0.live.send_replace(caught_up);
+        self.0.following.reached(checkpoint);
+        self.0.following.set_live(caught_up);
         tracing::info!(checkpoint, caught_up, "membership view following the log");
         while let Some(msg) = messages.next().await {
             let msg = msg?;
@@ -172,9 +165,9 @@ impl MembershipView {
             }
             if !caught_up && info.pending == 0 {
                 caught_up = true;
-                self.0.live.send_replace(true);
+                self.0.following.set_live(true);
             }
-            self.0.position.send_replace(seq);
+            self.0.following.reached(seq);
         }
         anyhow::bail!("the membership consumer ended")
     }
@@ -182,15 +175,7 @@ impl MembershipView {
 
 /// Spaces and memberships as of the projector's checkpoint, read in one snapshot.
 async fn load_snapshot(pool: &PgPool, projector: &str) -> anyhow::Result<(Memberships, u64)> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let checkpoint: Option<i64> =
-        sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1")
-            .bind(projector)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let (mut tx, checkpoint) = snapshot_at_checkpoint(pool, projector).await?;
     let mut state = Memberships::default();
     for r in sqlx::query("SELECT space_id, type, name, deleted_seq IS NOT NULL FROM spaces")
         .fetch_all(&mut *tx)
@@ -217,5 +202,5 @@ async fn load_snapshot(pool: &PgPool, projector: &str) -> anyhow::Result<(Member
         }
     }
     tx.commit().await?;
-    Ok((state, checkpoint.unwrap_or(0) as u64))
+    Ok((state, checkpoint))
 }

@@ -34,7 +34,7 @@ use sqlx::{PgPool, Row as _};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::follow::keep_following;
+use crate::follow::{Following, keep_following, snapshot_at_checkpoint};
 
 /// Identifies a record: space, app, table, id.
 type RecordKey = (String, String, String, String);
@@ -47,10 +47,7 @@ pub struct LogTail(Arc<Inner>);
 
 struct Inner {
     window: RwLock<Window>,
-    /// Following the log right now.
-    live: watch::Sender<bool>,
-    /// Every message up to here has been seen.
-    position: watch::Sender<u64>,
+    following: Following,
     max_events: usize,
     max_bytes: usize,
     pool: PgPool,
@@ -137,15 +134,14 @@ impl LogTail {
     ) -> Self {
         let tail = Self(Arc::new(Inner {
             window: RwLock::new(Window::empty(0)),
-            live: watch::Sender::new(false),
-            position: watch::Sender::new(0),
+            following: Following::new(),
             max_events,
             max_bytes,
             pool,
         }));
         let follower = tail.clone();
         tokio::spawn(async move {
-            let live = follower.0.live.clone();
+            let live = follower.0.following.live().clone();
             keep_following("log tail", &live, disconnects, || {
                 follower.follow_once(&js, &stream, &projector)
             })
@@ -156,16 +152,13 @@ impl LogTail {
 
     /// Waits (at most `timeout`) until the tail has seen the log up to `seq`.
     pub async fn wait_for(&self, seq: u64, timeout: Duration) -> bool {
-        let mut rx = self.0.position.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= seq))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        self.0.following.wait_for(seq, timeout).await
     }
 
     /// A page of what `q` asks for, up to everything the tail has seen; `None` when the
     /// tail cannot answer exactly (see the module documentation).
     pub fn page(&self, q: &TailQuery<'_>) -> Option<TailPage> {
-        if !*self.0.live.borrow() {
+        if !self.0.following.is_live() {
             return None;
         }
         self.0
@@ -199,8 +192,8 @@ impl LogTail {
             *window = Window::empty(checkpoint);
             window.private = private;
         }
-        self.0.position.send_replace(checkpoint);
-        self.0.live.send_replace(true);
+        self.0.following.reached(checkpoint);
+        self.0.following.set_live(true);
         tracing::info!(checkpoint, "log tail following the log");
         while let Some(msg) = messages.next().await {
             let msg = msg?;
@@ -226,7 +219,7 @@ impl LogTail {
             }
             window.end = seq;
             drop(window);
-            self.0.position.send_replace(seq);
+            self.0.following.reached(seq);
         }
         anyhow::bail!("the log tail's consumer ended")
     }
@@ -373,15 +366,7 @@ async fn load_private(
     pool: &PgPool,
     projector: &str,
 ) -> anyhow::Result<(HashMap<RecordKey, Option<String>>, u64)> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let checkpoint: Option<i64> =
-        sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1")
-            .bind(projector)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let (mut tx, checkpoint) = snapshot_at_checkpoint(pool, projector).await?;
     let rows = sqlx::query(
         "SELECT space_id, app_id, table_name, record_id, author_id FROM record_visibility \
          WHERE visibility = $1",
@@ -397,7 +382,7 @@ async fn load_private(
             (key, Some(r.get::<String, _>(4)))
         })
         .collect();
-    Ok((private, checkpoint.unwrap_or(0) as u64))
+    Ok((private, checkpoint))
 }
 
 #[cfg(test)]

@@ -315,47 +315,33 @@ async fn merge_records(
     let (existing, new): (Vec<&Key>, Vec<&Key>) = order.iter().partition(|key| rows[*key].existed);
     if !new.is_empty() {
         let c = Columns::of(&new, &rows);
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO records (space_id, app_id, table_name, record_id, data, field_at, exists_at, deleted_at, \
                                   author_id, created_seq, updated_seq) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
                                   $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int8[], $11::int8[])",
-        )
-        .bind(&c.space)
-        .bind(&c.app)
-        .bind(&c.table)
-        .bind(&c.record)
-        .bind(&c.data)
-        .bind(&c.field_at)
-        .bind(&c.exists_at)
-        .bind(&c.deleted_at)
-        .bind(&c.author)
-        .bind(&c.created)
-        .bind(&c.updated)
-        .execute(&mut **tx)
-        .await?;
+        );
+        c.bind_state(insert)
+            .bind(&c.author)
+            .bind(&c.created)
+            .bind(&c.updated)
+            .execute(&mut **tx)
+            .await?;
     }
     if !existing.is_empty() {
         let c = Columns::of(&existing, &rows);
-        sqlx::query(
+        let update = sqlx::query(
             "UPDATE records r SET data = u.data, field_at = u.field_at, exists_at = u.exists_at, \
                     deleted_at = u.deleted_at, updated_seq = u.updated_seq \
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
                          $7::timestamptz[], $8::timestamptz[], $9::int8[]) \
                   AS u(space_id, app_id, table_name, record_id, data, field_at, exists_at, deleted_at, updated_seq) \
              WHERE (r.space_id, r.app_id, r.table_name, r.record_id) = (u.space_id, u.app_id, u.table_name, u.record_id)",
-        )
-        .bind(&c.space)
-        .bind(&c.app)
-        .bind(&c.table)
-        .bind(&c.record)
-        .bind(&c.data)
-        .bind(&c.field_at)
-        .bind(&c.exists_at)
-        .bind(&c.deleted_at)
-        .bind(&c.updated)
-        .execute(&mut **tx)
-        .await?;
+        );
+        c.bind_state(update)
+            .bind(&c.updated)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }
@@ -375,7 +361,21 @@ struct Columns<'a> {
     updated: Vec<i64>,
 }
 
+type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
 impl<'a> Columns<'a> {
+    /// Binds `$1`–`$8`: the key and the merged state.
+    fn bind_state<'q>(&'q self, q: Query<'q>) -> Query<'q> {
+        q.bind(&self.space)
+            .bind(&self.app)
+            .bind(&self.table)
+            .bind(&self.record)
+            .bind(&self.data)
+            .bind(&self.field_at)
+            .bind(&self.exists_at)
+            .bind(&self.deleted_at)
+    }
+
     fn of(keys: &[&'a Key], rows: &'a HashMap<Key, Pending>) -> Self {
         let n = keys.len();
         let mut c = Self {

@@ -408,6 +408,17 @@ pub async fn send(req: reqwest::RequestBuilder) -> Reply {
     Reply { status, body }
 }
 
+/// The record ids of a successful pull or push response's changes, in order.
+pub fn ids(reply: &Reply) -> Vec<String> {
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.body["serverChanges"]
+        .as_array()
+        .expect("serverChanges")
+        .iter()
+        .map(|c| c["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
 /// A change list body for a push.
 pub fn changes(changes: Value) -> Value {
     serde_json::json!({ "changes": changes })

@@ -5,19 +5,9 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sync_tests::{Reply, RunningProjector, TestApp, projector_config};
+use sync_tests::{Reply, RunningProjector, TestApp, ids, projector_config};
 
 const FAM: &str = "fam-tail";
-
-fn ids(reply: &Reply) -> Vec<String> {
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.body["serverChanges"]
-        .as_array()
-        .expect("serverChanges")
-        .iter()
-        .map(|c| c["id"].as_str().expect("id").to_owned())
-        .collect()
-}
 
 fn insert(id: &str, space: &str, data: Value) -> Value {
     json!({"table": "notes", "id": id, "op": "insert", "spaceId": space, "data": data})

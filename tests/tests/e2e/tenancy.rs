@@ -6,19 +6,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sync_tests::{Reply, TestApp, changes, eventually};
+use sync_tests::{TestApp, changes, eventually, ids};
 
 const FAM: &str = "fam-1";
-
-fn ids(reply: &Reply) -> Vec<String> {
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.body["serverChanges"]
-        .as_array()
-        .expect("serverChanges")
-        .iter()
-        .map(|c| c["id"].as_str().expect("id").to_owned())
-        .collect()
-}
 
 async fn pull_ids(app: &TestApp, user: &str, query: &[(&str, &str)]) -> Vec<String> {
     ids(&app.pull_on(&app.gateway.base, user, "notes", query).await)
