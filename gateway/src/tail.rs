@@ -21,13 +21,13 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    sync::{Arc, RwLock},
+    sync::{Arc, OnceLock, RwLock},
     time::Duration,
 };
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt as _;
-use schemas::{Cursor, Event, RecordChanged, wire::ServerChangeView};
+use schemas::{Cursor, Event, RecordChanged, subject::escape_token, wire::ServerChangeView};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sqlx::{PgPool, Row as _};
@@ -60,16 +60,28 @@ struct Window {
     end: u64,
     entries: VecDeque<Arc<Entry>>,
     bytes: usize,
-    event_ids: HashSet<Uuid>,
+    /// The position of the entry holding each event id.
+    event_ids: HashMap<Uuid, u64>,
     /// Records private to someone (as of the snapshot), or made private since, with the
     /// user who made them so (`None` when more than one user tried).
     private: HashMap<RecordKey, Option<String>>,
 }
 
-/// One record change, as clients receive it.
+/// A message on a record-change subject. It is decoded when a read first needs it
+/// (reads filter on the subject first), or at once when it may change a record's
+/// visibility or its event id is not where the gateway writes it.
 struct Entry {
     seq: u64,
     event_id: Uuid,
+    /// `sync.<space>.<app>.<table>`, tokens escaped.
+    subject: String,
+    payload: bytes::Bytes,
+    /// `None`: not an event the projector keeps (it parks it).
+    change: OnceLock<Option<Change>>,
+}
+
+/// A record change as clients receive it, and what reads filter it by.
+struct Change {
     space_id: String,
     app_id: String,
     table: String,
@@ -111,7 +123,12 @@ struct PageBody<'a> {
 impl Serialize for TailPage {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         PageBody {
-            server_changes: self.entries.iter().map(|e| &*e.json).collect(),
+            server_changes: self
+                .entries
+                .iter()
+                .filter_map(|e| e.change())
+                .map(|c| &*c.json)
+                .collect(),
             conflicts: &[],
             synced_until: self.synced_until.encode(),
             has_more: self.has_more,
@@ -201,19 +218,8 @@ impl LogTail {
                 .info()
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .stream_sequence;
-            let entry = match projector::apply::decode(msg.subject.as_str(), &msg.payload) {
-                Ok(env) => match &env.event {
-                    Event::RecordChanged(rc) => Some((
-                        Entry::new(seq, &env, rc)?,
-                        rc.visibility().map(str::to_owned),
-                    )),
-                    _ => None,
-                },
-                // The projector parks it: it is in no read, so not here either.
-                Err(_) => None,
-            };
             let mut window = self.write();
-            if let Some((entry, visibility)) = entry {
+            if let Some((entry, visibility)) = Entry::read(seq, &msg.subject, &msg.payload) {
                 window.push(entry, visibility.as_deref());
                 window.evict(self.0.max_events, self.0.max_bytes);
             }
@@ -236,7 +242,7 @@ impl Window {
             end: at,
             entries: VecDeque::new(),
             bytes: 0,
-            event_ids: HashSet::new(),
+            event_ids: HashMap::new(),
             private: HashMap::new(),
         }
     }
@@ -255,20 +261,31 @@ impl Window {
                 has_more: false,
             });
         }
-        let spaces: HashSet<&str> = q.spaces.iter().map(String::as_str).collect();
+        // Subject tokens are escaped injectively: comparing them compares the ids.
+        let spaces: HashSet<String> = q.spaces.iter().map(|s| escape_token(s)).collect();
+        let app = escape_token(q.app_id);
+        let table = q.table.map(escape_token);
         let (exclude_client, exclude_user) = q.exclude.unwrap_or(("", ""));
         let first = self.entries.partition_point(|e| e.seq <= q.after);
         let mut entries = Vec::new();
         for e in self.entries.range(first..) {
-            let visible_here = e.app_id == q.app_id
-                && q.table.is_none_or(|t| t == e.table)
-                && spaces.contains(e.space_id.as_str())
-                && !(e.client_id == exclude_client && e.user_id == exclude_user);
-            if !visible_here {
+            let Some((space_token, app_token, table_token)) = e.subject_tokens() else {
+                continue;
+            };
+            let in_query = app_token == app
+                && table.as_deref().is_none_or(|t| t == table_token)
+                && spaces.contains(space_token);
+            if !in_query {
+                continue;
+            }
+            let Some(c) = e.change() else {
+                continue;
+            };
+            if c.client_id == exclude_client && c.user_id == exclude_user {
                 continue;
             }
             if !self.private.is_empty()
-                && let Some(author) = self.private.get(&e.key())
+                && let Some(author) = self.private.get(&c.key())
                 && author.as_deref() != Some(q.caller)
             {
                 // Private to someone else, or may be: only PostgreSQL knows for sure.
@@ -292,22 +309,32 @@ impl Window {
     }
 
     fn push(&mut self, entry: Entry, visibility: Option<&str>) {
-        if visibility == Some(PRIVATE) {
+        if visibility == Some(PRIVATE)
+            && let Some(c) = entry.change()
+        {
             self.private
-                .entry(entry.key())
+                .entry(c.key())
                 .and_modify(|by| {
-                    if by.as_deref() != Some(entry.user_id.as_str()) {
+                    if by.as_deref() != Some(c.user_id.as_str()) {
                         *by = None;
                     }
                 })
-                .or_insert_with(|| Some(entry.user_id.clone()));
+                .or_insert_with(|| Some(c.user_id.clone()));
         }
-        if !self.event_ids.insert(entry.event_id) {
-            // The change log keeps the first of two events with one id.
+        if let Some(&earlier) = self.event_ids.get(&entry.event_id)
+            && self.entry_at(earlier).is_some_and(|e| e.change().is_some())
+        {
+            // The change log keeps the first valid event of two with one id.
             return;
         }
+        self.event_ids.insert(entry.event_id, entry.seq);
         self.bytes += entry.size();
         self.entries.push_back(Arc::new(entry));
+    }
+
+    fn entry_at(&self, seq: u64) -> Option<&Arc<Entry>> {
+        let i = self.entries.partition_point(|e| e.seq < seq);
+        self.entries.get(i).filter(|e| e.seq == seq)
     }
 
     fn evict(&mut self, max_events: usize, max_bytes: usize) {
@@ -317,25 +344,97 @@ impl Window {
                 break;
             };
             self.bytes -= old.size();
-            self.event_ids.remove(&old.event_id);
+            if self.event_ids.get(&old.event_id) == Some(&old.seq) {
+                self.event_ids.remove(&old.event_id);
+            }
             self.start = old.seq;
         }
     }
 }
 
 impl Entry {
-    fn new(seq: u64, env: &schemas::Envelope, rc: &RecordChanged) -> anyhow::Result<Self> {
-        let change = ServerChangeView::new(seq, env, rc);
-        Ok(Self {
+    /// The entry for a message, if it may be a record change the projector keeps, and
+    /// the visibility it sets, when it was decoded at once to know that.
+    fn read(seq: u64, subject: &str, payload: &bytes::Bytes) -> Option<(Self, Option<String>)> {
+        // The projector keeps a record change only on its own `sync.` subject.
+        if !subject.starts_with("sync.") {
+            return None;
+        }
+        let mut entry = Self {
             seq,
-            event_id: env.event_id,
+            event_id: Uuid::nil(),
+            subject: subject.to_owned(),
+            payload: payload.clone(),
+            change: OnceLock::new(),
+        };
+        // Only a decode tells a key spelled with escapes, or a visibility, for sure.
+        let now = memchr::memmem::find(payload, b"visibilit").is_some()
+            || memchr::memmem::find(payload, b"\\u").is_some();
+        match leading_event_id(payload) {
+            Some(id) if !now => {
+                entry.event_id = id;
+                Some((entry, None))
+            }
+            _ => {
+                let env = projector::apply::decode(subject, payload).ok()?;
+                let Event::RecordChanged(rc) = &env.event else {
+                    return None;
+                };
+                entry.event_id = env.event_id;
+                let visibility = rc.visibility().map(str::to_owned);
+                let _ = entry.change.set(Change::new(seq, &env, rc));
+                Some((entry, visibility))
+            }
+        }
+    }
+
+    /// The change, decoded on first use; `None` when the projector parks the message.
+    fn change(&self) -> Option<&Change> {
+        self.change
+            .get_or_init(|| {
+                let env = projector::apply::decode(&self.subject, &self.payload).ok()?;
+                match &env.event {
+                    Event::RecordChanged(rc) => Change::new(self.seq, &env, rc),
+                    _ => None,
+                }
+            })
+            .as_ref()
+    }
+
+    /// Space, app and table tokens of the subject (`None` if it has another shape, which
+    /// no record change the projector keeps has).
+    fn subject_tokens(&self) -> Option<(&str, &str, &str)> {
+        let mut tokens = self.subject.strip_prefix("sync.")?.split('.');
+        let found = (tokens.next()?, tokens.next()?, tokens.next()?);
+        tokens.next().is_none().then_some(found)
+    }
+
+    /// Roughly what it holds in memory (a decoded change about doubles it).
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>() + self.subject.len() + 2 * self.payload.len()
+    }
+}
+
+/// The event id of an envelope as the gateway serializes it (`{"eventId":"<uuid>",…`),
+/// without decoding the rest.
+fn leading_event_id(payload: &[u8]) -> Option<Uuid> {
+    let rest = payload.strip_prefix(br#"{"eventId":""#)?;
+    let id = rest.get(..36)?;
+    (rest.get(36) == Some(&b'"')).then_some(())?;
+    Uuid::try_parse_ascii(id).ok()
+}
+
+impl Change {
+    fn new(seq: u64, env: &schemas::Envelope, rc: &RecordChanged) -> Option<Self> {
+        let json = serde_json::value::to_raw_value(&ServerChangeView::new(seq, env, rc)).ok()?;
+        Some(Self {
             space_id: rc.space_id.clone(),
             app_id: rc.app_id.clone(),
             table: rc.table.clone(),
             record_id: rc.record_id.clone(),
             user_id: env.metadata.user_id.clone(),
             client_id: env.metadata.client_id.clone(),
-            json: serde_json::value::to_raw_value(&change)?,
+            json,
         })
     }
 
@@ -346,18 +445,6 @@ impl Entry {
             self.table.clone(),
             self.record_id.clone(),
         )
-    }
-
-    /// Roughly what it holds in memory.
-    fn size(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.json.get().len()
-            + self.space_id.len()
-            + self.app_id.len()
-            + self.table.len()
-            + self.record_id.len()
-            + self.user_id.len()
-            + self.client_id.len()
     }
 }
 
@@ -390,16 +477,26 @@ mod tests {
     use super::*;
 
     fn entry(seq: u64, space: &str, user: &str, table: &str) -> Entry {
-        Entry {
-            seq,
-            event_id: Uuid::new_v4(),
+        record(seq, space, user, table, &format!("r{seq}"))
+    }
+
+    /// An entry already decoded (its payload is not looked at again).
+    fn record(seq: u64, space: &str, user: &str, table: &str, record_id: &str) -> Entry {
+        let change = Change {
             space_id: space.to_owned(),
             app_id: "app".to_owned(),
             table: table.to_owned(),
-            record_id: format!("r{seq}"),
+            record_id: record_id.to_owned(),
             user_id: user.to_owned(),
             client_id: format!("{user}-phone"),
             json: RawValue::from_string(format!("{{\"seq\":{seq}}}")).expect("valid JSON"),
+        };
+        Entry {
+            seq,
+            event_id: Uuid::new_v4(),
+            subject: schemas::subject::change_subject(space, "app", table),
+            payload: bytes::Bytes::new(),
+            change: OnceLock::from(Some(change)),
         }
     }
 
@@ -507,13 +604,108 @@ mod tests {
         );
     }
 
+    /// A record change as the gateway publishes it: its subject and payload.
+    fn published(id: u128, data: serde_json::Value) -> (String, bytes::Bytes) {
+        let at = "2026-01-01T00:00:00Z".parse().expect("instant");
+        let env = schemas::Envelope {
+            event_id: Uuid::from_u128(id),
+            schema_version: 1,
+            occurred_at: at,
+            event: Event::RecordChanged(RecordChanged {
+                app_id: "app".into(),
+                space_id: "a".into(),
+                table: "tasks".into(),
+                record_id: format!("r{id}"),
+                op: schemas::Op::Insert,
+                at: None,
+                data: data.as_object().cloned(),
+                fields: None,
+                client_schema_version: 1,
+            }),
+            metadata: schemas::Metadata {
+                user_id: "u1".into(),
+                client_id: "u1-phone".into(),
+                actor: None,
+                origin: None,
+                received_at: at,
+            },
+        };
+        (env.event.subject(), env.to_json().into())
+    }
+
+    #[test]
+    fn messages_are_decoded_when_first_read_unless_they_may_set_a_visibility() {
+        let (subject, payload) = published(1, serde_json::json!({"title": "x"}));
+        let (lazy, visibility) = Entry::read(1, &subject, &payload).expect("a record change");
+        assert_eq!((lazy.event_id, visibility), (Uuid::from_u128(1), None));
+        assert!(lazy.change.get().is_none(), "not decoded yet");
+        assert_eq!(lazy.change().expect("decodes").record_id, "r1");
+
+        let (subject, payload) = published(2, serde_json::json!({"visibility": "private"}));
+        let (eager, visibility) = Entry::read(2, &subject, &payload).expect("a record change");
+        assert_eq!(visibility.as_deref(), Some(PRIVATE));
+        assert!(eager.change.get().is_some(), "decoded at once");
+        // An escaped key could spell `visibility`: decoded at once too.
+        let (subject, payload) = published(3, serde_json::json!({"title": "\u{1}"}));
+        assert!(
+            Entry::read(3, &subject, &payload)
+                .expect("a record change")
+                .0
+                .change
+                .get()
+                .is_some()
+        );
+
+        // Not on a record-change subject, or not an event at all: nothing kept, or
+        // kept and found out on first read, as the projector parks it.
+        assert!(Entry::read(4, "space.a.members", &payload).is_none());
+        let broken = bytes::Bytes::from(format!(
+            r#"{{"eventId":"{}","type":"nope"}}"#,
+            Uuid::from_u128(5)
+        ));
+        let (entry, _) = Entry::read(5, &subject, &broken).expect("kept until read");
+        assert!(entry.change().is_none());
+        let on_wrong_subject = Entry::read(
+            6,
+            "sync.b.app.tasks",
+            &published(6, serde_json::json!({})).1,
+        );
+        assert!(
+            on_wrong_subject
+                .expect("kept until read")
+                .0
+                .change()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_event_id_first_seen_on_a_parked_message_is_kept_on_the_next() {
+        let mut w = Window::empty(0);
+        let (subject, payload) = published(7, serde_json::json!({}));
+        let broken = bytes::Bytes::from(format!(
+            r#"{{"eventId":"{}","type":"nope"}}"#,
+            Uuid::from_u128(7)
+        ));
+        for (seq, payload) in [(1, broken), (2, payload.clone()), (3, payload)] {
+            let (entry, _) = Entry::read(seq, &subject, &payload).expect("kept");
+            w.push(entry, None);
+            w.end = seq;
+        }
+        let a = vec!["a".to_owned()];
+        // The parked one is skipped, the second is the change, the third its repeat.
+        assert_eq!(
+            seqs(&w.page(&query(&a, 0, "u2")).expect("in the window")),
+            [2]
+        );
+    }
+
     #[test]
     fn private_records_of_others_send_the_read_to_postgres() {
         let mut w = window();
         let a = vec!["a".to_owned()];
         // u1 makes its record at 14 private (a later change of the same record).
-        let mut private = entry(21, "a", "u1", "tasks");
-        private.record_id = "r14".to_owned();
+        let private = record(21, "a", "u1", "tasks", "r14");
         w.push(private, Some(PRIVATE));
         w.end = 21;
         // Its author still reads from the tail; anyone else's page that holds a change
@@ -533,8 +725,7 @@ mod tests {
             [15, 17, 19]
         );
         // A second user setting it private makes the author unknown: PostgreSQL for all.
-        let mut other = entry(22, "a", "u2", "tasks");
-        other.record_id = "r14".to_owned();
+        let other = record(22, "a", "u2", "tasks", "r14");
         w.push(other, Some(PRIVATE));
         w.end = 22;
         assert!(w.page(&query(&a, 10, "u1")).is_none());
