@@ -20,6 +20,7 @@
 //!   since the snapshot, by anyone but the caller.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, OnceLock, RwLock},
     time::Duration,
@@ -28,7 +29,7 @@ use std::{
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt as _;
 use schemas::{Cursor, Event, RecordChanged, subject::escape_token, wire::ServerChangeView};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::{PgPool, Row as _};
 use tokio::sync::watch;
@@ -265,7 +266,6 @@ impl Window {
         let spaces: HashSet<String> = q.spaces.iter().map(|s| escape_token(s)).collect();
         let app = escape_token(q.app_id);
         let table = q.table.map(escape_token);
-        let (exclude_client, exclude_user) = q.exclude.unwrap_or(("", ""));
         let first = self.entries.partition_point(|e| e.seq <= q.after);
         let mut entries = Vec::new();
         for e in self.entries.range(first..) {
@@ -278,12 +278,14 @@ impl Window {
             if !in_query {
                 continue;
             }
+            if let Some((client, user)) = q.exclude
+                && e.pushed_by(client, user)
+            {
+                continue;
+            }
             let Some(c) = e.change() else {
                 continue;
             };
-            if c.client_id == exclude_client && c.user_id == exclude_user {
-                continue;
-            }
             if !self.private.is_empty()
                 && let Some(author) = self.private.get(&c.key())
                 && author.as_deref() != Some(q.caller)
@@ -399,6 +401,33 @@ impl Entry {
                 }
             })
             .as_ref()
+    }
+
+    /// Whether `user` pushed it from `client` (the caller's own changes are left out
+    /// of what it reads), told without decoding the change: only the envelope's
+    /// metadata is read. A message that is not a valid event is not in any read, so
+    /// either answer leaves it out.
+    fn pushed_by(&self, client: &str, user: &str) -> bool {
+        #[derive(Deserialize)]
+        struct Pushed<'a> {
+            #[serde(borrow)]
+            metadata: By<'a>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct By<'a> {
+            #[serde(borrow)]
+            user_id: Cow<'a, str>,
+            #[serde(borrow)]
+            client_id: Cow<'a, str>,
+        }
+        if let Some(decoded) = self.change.get() {
+            return decoded
+                .as_ref()
+                .is_some_and(|c| c.client_id == client && c.user_id == user);
+        }
+        serde_json::from_slice::<Pushed<'_>>(&self.payload)
+            .is_ok_and(|p| p.metadata.client_id == client && p.metadata.user_id == user)
     }
 
     /// Space, app and table tokens of the subject (`None` if it has another shape, which
@@ -677,6 +706,23 @@ mod tests {
                 .change()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_callers_own_changes_are_left_out_without_decoding_them() {
+        let mut w = Window::empty(0);
+        let (subject, payload) = published(8, serde_json::json!({}));
+        let (entry, _) = Entry::read(1, &subject, &payload).expect("kept");
+        w.push(entry, None);
+        w.end = 1;
+        let a = vec!["a".to_owned()];
+        let mut q = query(&a, 0, "u1");
+        q.exclude = Some(("u1-phone", "u1"));
+        assert!(w.page(&q).expect("in the window").entries.is_empty());
+        assert!(w.entries[0].change.get().is_none(), "left out undecoded");
+        // Another device of the same user gets it.
+        q.exclude = Some(("u1-laptop", "u1"));
+        assert_eq!(seqs(&w.page(&q).expect("in the window")), [1]);
     }
 
     #[test]
