@@ -378,13 +378,9 @@ impl Entry {
                 Some((entry, None))
             }
             _ => {
-                let env = projector::apply::decode(subject, payload).ok()?;
-                let Event::RecordChanged(rc) = &env.event else {
-                    return None;
-                };
-                entry.event_id = env.event_id;
-                let visibility = rc.visibility().map(str::to_owned);
-                let _ = entry.change.set(Change::new(seq, &env, rc));
+                let (event_id, change, visibility) = decode_change(seq, subject, payload)?;
+                entry.event_id = event_id;
+                let _ = entry.change.set(Some(change));
                 Some((entry, visibility))
             }
         }
@@ -394,11 +390,7 @@ impl Entry {
     fn change(&self) -> Option<&Change> {
         self.change
             .get_or_init(|| {
-                let env = projector::apply::decode(&self.subject, &self.payload).ok()?;
-                match &env.event {
-                    Event::RecordChanged(rc) => Change::new(self.seq, &env, rc),
-                    _ => None,
-                }
+                decode_change(self.seq, &self.subject, &self.payload).map(|(_, c, _)| c)
             })
             .as_ref()
     }
@@ -442,6 +434,21 @@ impl Entry {
     fn size(&self) -> usize {
         std::mem::size_of::<Self>() + self.subject.len() + 2 * self.payload.len()
     }
+}
+
+/// The record change a message holds, decoded as the projector decodes it: its event
+/// id, the change, and the visibility it sets. `None` when the projector parks it.
+fn decode_change(
+    seq: u64,
+    subject: &str,
+    payload: &[u8],
+) -> Option<(Uuid, Change, Option<String>)> {
+    let env = projector::apply::decode(subject, payload).ok()?;
+    let Event::RecordChanged(rc) = &env.event else {
+        return None;
+    };
+    let change = Change::new(seq, &env, rc)?;
+    Some((env.event_id, change, rc.visibility().map(str::to_owned)))
 }
 
 /// The event id of an envelope as the gateway serializes it (`{"eventId":"<uuid>",…`),

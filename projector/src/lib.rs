@@ -255,7 +255,7 @@ impl Projector {
                 continue;
             }
             tokio::select! {
-                h = incoming.recv(), if waiting.len() < HANDOFFS_QUEUED => waiting.extend(h),
+                Some(h) = incoming.recv(), if waiting.len() < HANDOFFS_QUEUED => waiting.push(h),
                 _ = progress.changed() => {}
                 // Catches up with a log stage running in another process.
                 () = tokio::time::sleep(Duration::from_secs(1)) => {

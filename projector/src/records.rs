@@ -70,10 +70,6 @@ impl Handoffs {
         self.0.len()
     }
 
-    pub(crate) fn extend(&mut self, h: Option<Handoff>) {
-        self.0.extend(h);
-    }
-
     /// Where the next waiting hand-off starts, if any.
     pub(crate) fn next_start(&self) -> Option<u64> {
         self.0.front().map(|h| h.after)
