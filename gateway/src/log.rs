@@ -21,7 +21,10 @@ use async_nats::{
 use futures::future::try_join_all;
 use ingest::PreparedEvent;
 use serde::Deserialize;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::{
+    sync::{Semaphore, mpsc, oneshot, watch},
+    task::JoinSet,
+};
 
 use crate::error::ApiError;
 
@@ -32,9 +35,11 @@ const MAX_ATOMIC_BATCH: usize = 1000;
 /// stream, so a few gateways at full load stay under it.
 const ATOMIC_BATCHES_IN_FLIGHT: usize = 16;
 
-/// Combined batches in flight at once: while they commit, the next pushes queue up and
-/// go out together.
-const COMBINED_IN_FLIGHT: usize = 2;
+/// Combined batches in flight at once, at most.
+const COMBINED_IN_FLIGHT: usize = 4;
+
+/// Queued events that justify a combined batch beside one already in flight.
+const FULL_BATCH: usize = MAX_ATOMIC_BATCH / 2;
 
 /// Pushes waiting to be combined.
 const COMBINER_QUEUE: usize = 1024;
@@ -355,36 +360,62 @@ impl Publisher {
     }
 }
 
-/// The combiner: takes the next push, waits for a slot (pushes queue up meanwhile), then
-/// publishes it with every push queued behind it that still fits in one batch.
+/// The combiner. A combined batch goes out at once when none is in flight; while one
+/// is, pushes queue up, and another goes out beside it only once the queue fills half a
+/// batch. JetStream's cost of an atomic batch is mostly per batch (a staging store is
+/// created and removed for each), so under load batches grow instead of multiplying.
 async fn combine(publisher: Publisher, mut queue: mpsc::Receiver<Queued>) {
-    let slots = Arc::new(Semaphore::new(COMBINED_IN_FLIGHT));
+    let mut in_flight = JoinSet::new();
+    let mut group = Group::default();
+    // The next push, when it did not fit in `group`.
     let mut carried: Option<Queued> = None;
+    let mut open = true;
     loop {
-        let first = match carried.take() {
-            Some(q) => q,
-            None => match queue.recv().await {
-                Some(q) => q,
-                None => return,
-            },
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut size = first.events.len();
-        let mut group = vec![first];
-        while let Ok(next) = queue.try_recv() {
-            if size + next.events.len() > MAX_ATOMIC_BATCH {
-                carried = Some(next);
-                break;
-            }
-            size += next.events.len();
-            group.push(next);
+        while carried.is_none() {
+            let Ok(next) = queue.try_recv() else { break };
+            carried = group.add(next);
         }
-        let publisher = publisher.clone();
-        tokio::spawn(async move {
-            publisher.publish_group(group).await;
-            drop(slot);
-        });
+        let full = carried.is_some() || group.events >= FULL_BATCH;
+        if !group.pushes.is_empty()
+            && (in_flight.is_empty() || (full && in_flight.len() < COMBINED_IN_FLIGHT))
+        {
+            let pushes = std::mem::take(&mut group).pushes;
+            let publisher = publisher.clone();
+            in_flight.spawn(async move { publisher.publish_group(pushes).await });
+            if let Some(next) = carried.take() {
+                group.add(next);
+            }
+            continue;
+        }
+        if !open && group.pushes.is_empty() && in_flight.is_empty() {
+            return;
+        }
+        tokio::select! {
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            next = queue.recv(), if open && carried.is_none() => match next {
+                Some(next) => carried = group.add(next),
+                None => open = false,
+            },
+        }
+    }
+}
+
+/// Pushes to be published together.
+#[derive(Default)]
+struct Group {
+    pushes: Vec<Queued>,
+    events: usize,
+}
+
+impl Group {
+    /// Adds the push, or hands it back when the batch would grow past what JetStream
+    /// accepts.
+    fn add(&mut self, push: Queued) -> Option<Queued> {
+        if !self.pushes.is_empty() && self.events + push.events.len() > MAX_ATOMIC_BATCH {
+            return Some(push);
+        }
+        self.events += push.events.len();
+        self.pushes.push(push);
+        None
     }
 }
