@@ -24,11 +24,12 @@ pub struct RecordState {
 }
 
 impl RecordState {
-    /// Applies one event to the state (start from `default()` for a record not seen before).
-    pub fn apply(mut self, change: &RecordChanged) -> RecordState {
+    /// Applies one event to the state (start from `default()` for a record not seen
+    /// before). Takes the change by value: the values it writes move into the state.
+    pub fn apply(mut self, change: RecordChanged) -> RecordState {
         match change.op {
             Op::Insert => {
-                if let (Some(at), Some(data)) = (change.at, &change.data) {
+                if let (Some(at), Some(data)) = (change.at, change.data) {
                     for (name, value) in data {
                         self.write(name, value, at);
                     }
@@ -39,8 +40,8 @@ impl RecordState {
                 }
             }
             Op::Update => {
-                for (name, field) in change.fields.iter().flatten() {
-                    self.write(name, &field.value, field.at);
+                for (name, field) in change.fields.into_iter().flatten() {
+                    self.write(name, field.value, field.at);
                 }
             }
             Op::Delete => {
@@ -55,10 +56,14 @@ impl RecordState {
         self
     }
 
-    fn write(&mut self, name: &str, value: &Value, at: DateTime<Utc>) {
-        if self.field_at.get(name).is_none_or(|current| at >= *current) {
-            self.field_at.insert(name.to_owned(), at);
-            self.data.insert(name.to_owned(), value.clone());
+    fn write(&mut self, name: String, value: Value, at: DateTime<Utc>) {
+        if self
+            .field_at
+            .get(&name)
+            .is_none_or(|current| at >= *current)
+        {
+            self.field_at.insert(name.clone(), at);
+            self.data.insert(name, value);
         }
     }
 }
@@ -125,6 +130,7 @@ mod tests {
     fn fold(events: &[RecordChanged]) -> RecordState {
         events
             .iter()
+            .cloned()
             .fold(RecordState::default(), RecordState::apply)
     }
 
@@ -163,9 +169,9 @@ mod tests {
         ]);
         assert_eq!(s.deleted_at, Some(t("2026-01-01T00:00:05Z")));
         // A late-arriving insert older than the delete does not resurrect the record.
-        let s = s.apply(&insert(json!({"a": 2}), "2026-01-01T00:00:03Z"));
+        let s = s.apply(insert(json!({"a": 2}), "2026-01-01T00:00:03Z"));
         assert!(s.deleted_at.is_some());
-        let s = s.apply(&insert(json!({"a": 3}), "2026-01-01T00:00:09Z"));
+        let s = s.apply(insert(json!({"a": 3}), "2026-01-01T00:00:09Z"));
         assert_eq!(s.deleted_at, None);
         assert_eq!(s.data["a"], 3);
     }

@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use chrono::{DateTime, Utc};
 use ingest::lww::RecordState;
 use schemas::{FieldValue, Op, RecordChanged, time};
+use serde::Serialize;
 use serde_json::{Map, Value};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Postgres, Row, Transaction, types::Json};
 
 use crate::apply::{ApplyError, begin_at_checkpoint, read_checkpoint};
 
@@ -95,7 +96,7 @@ pub(crate) async fn apply_handed(
         return Ok(last as u64);
     }
     let changes: Vec<Logged> = run.into_iter().flat_map(|h| h.changes).collect();
-    match merge_records(&mut tx, &changes)
+    match merge_records(&mut tx, changes)
         .await
         .map_err(ApplyError::from)
     {
@@ -203,7 +204,7 @@ async fn apply(
                 .await?;
             }
         }
-        None => merge_records(&mut tx, &logged).await?,
+        None => merge_records(&mut tx, logged).await?,
     }
     set_checkpoint(&mut tx, name, checkpoint).await?;
     tx.commit().await?;
@@ -257,60 +258,49 @@ struct Pending {
 
 async fn merge_records(
     tx: &mut Transaction<'_, Postgres>,
-    applied: &[Logged],
+    applied: Vec<Logged>,
 ) -> Result<(), sqlx::Error> {
     if applied.is_empty() {
         return Ok(());
     }
-    let key_of = |rc: &RecordChanged| {
-        (
-            rc.space_id.clone(),
-            rc.app_id.clone(),
-            rc.table.clone(),
-            rc.record_id.clone(),
-        )
-    };
-    let mut order: Vec<Key> = Vec::new();
-    let mut rows: HashMap<Key, Pending> = HashMap::new();
-    for Logged { change: rc, .. } in applied {
-        let key = key_of(rc);
-        if !rows.contains_key(&key) {
-            rows.insert(
-                key.clone(),
-                Pending {
-                    existed: false,
-                    state: RecordState::default(),
-                    author: String::new(),
-                    created_seq: 0,
-                    updated_seq: 0,
-                },
-            );
-            order.push(key);
-        }
+    // Each record once, in order of first appearance; the changes keep what merges.
+    let mut index: HashMap<Key, usize> = HashMap::new();
+    let mut rows: Vec<(Key, Pending)> = Vec::new();
+    let mut changes = Vec::with_capacity(applied.len());
+    for mut logged in applied {
+        let rc = &mut logged.change;
+        let key = (
+            std::mem::take(&mut rc.space_id),
+            std::mem::take(&mut rc.app_id),
+            std::mem::take(&mut rc.table),
+            std::mem::take(&mut rc.record_id),
+        );
+        let at = match index.get(&key) {
+            Some(&at) => at,
+            None => {
+                index.insert(key.clone(), rows.len());
+                rows.push((key, Pending::new()));
+                rows.len() - 1
+            }
+        };
+        changes.push((at, logged));
     }
-    load_existing(tx, &order, &mut rows).await?;
+    load_existing(tx, &mut rows).await?;
 
-    for Logged {
-        seq,
-        user_id,
-        change: rc,
-    } in applied
-    {
-        let row = rows
-            .get_mut(&key_of(rc))
-            .expect("every key was inserted above");
+    for (at, logged) in changes {
+        let row = &mut rows[at].1;
         if row.created_seq == 0 {
-            row.created_seq = *seq as i64;
-            row.author = user_id.clone();
+            row.created_seq = logged.seq as i64;
+            row.author = logged.user_id;
         }
-        row.updated_seq = *seq as i64;
-        row.state = std::mem::take(&mut row.state).apply(rc);
+        row.updated_seq = logged.seq as i64;
+        row.state = std::mem::take(&mut row.state).apply(logged.change);
     }
 
     // Rows that exist are updated, new ones inserted: no conflict check per row.
-    let (existing, new): (Vec<&Key>, Vec<&Key>) = order.iter().partition(|key| rows[*key].existed);
+    let (existing, new): (Vec<_>, Vec<_>) = rows.iter().partition(|(_, row)| row.existed);
     if !new.is_empty() {
-        let c = Columns::of(&new, &rows);
+        let c = Columns::of(&new);
         let insert = sqlx::query(
             "INSERT INTO records (space_id, app_id, table_name, record_id, data, field_at, exists_at, deleted_at, \
                                   author_id, created_seq, updated_seq) \
@@ -325,7 +315,7 @@ async fn merge_records(
             .await?;
     }
     if !existing.is_empty() {
-        let c = Columns::of(&existing, &rows);
+        let c = Columns::of(&existing);
         let update = sqlx::query(
             "UPDATE records r SET data = u.data, field_at = u.field_at, exists_at = u.exists_at, \
                     deleted_at = u.deleted_at, updated_seq = u.updated_seq \
@@ -342,19 +332,41 @@ async fn merge_records(
     Ok(())
 }
 
-/// Record rows as column arrays, for `UNNEST`.
+impl Pending {
+    fn new() -> Self {
+        Self {
+            existed: false,
+            state: RecordState::default(),
+            author: String::new(),
+            created_seq: 0,
+            updated_seq: 0,
+        }
+    }
+}
+
+/// Record rows as column arrays, for `UNNEST`. The state is serialized straight from
+/// the merged rows, without copies.
 struct Columns<'a> {
     space: Vec<&'a str>,
     app: Vec<&'a str>,
     table: Vec<&'a str>,
     record: Vec<&'a str>,
-    data: Vec<Value>,
-    field_at: Vec<Value>,
+    data: Vec<Json<&'a Map<String, Value>>>,
+    field_at: Vec<Json<FieldTimes<'a>>>,
     exists_at: Vec<Option<DateTime<Utc>>>,
     deleted_at: Vec<Option<DateTime<Utc>>>,
     author: Vec<&'a str>,
     created: Vec<i64>,
     updated: Vec<i64>,
+}
+
+/// `{field: canonical instant}`, as stored in `records.field_at`.
+struct FieldTimes<'a>(&'a BTreeMap<String, DateTime<Utc>>);
+
+impl Serialize for FieldTimes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, t)| (k, time::canonical(*t))))
+    }
 }
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
@@ -372,8 +384,8 @@ impl<'a> Columns<'a> {
             .bind(&self.deleted_at)
     }
 
-    fn of(keys: &[&'a Key], rows: &'a HashMap<Key, Pending>) -> Self {
-        let n = keys.len();
+    fn of(rows: &[&'a (Key, Pending)]) -> Self {
+        let n = rows.len();
         let mut c = Self {
             space: Vec::with_capacity(n),
             app: Vec::with_capacity(n),
@@ -387,20 +399,13 @@ impl<'a> Columns<'a> {
             created: Vec::with_capacity(n),
             updated: Vec::with_capacity(n),
         };
-        for key in keys {
-            let row = &rows[*key];
+        for (key, row) in rows {
             c.space.push(key.0.as_str());
             c.app.push(key.1.as_str());
             c.table.push(key.2.as_str());
             c.record.push(key.3.as_str());
-            c.data.push(Value::Object(row.state.data.clone()));
-            c.field_at.push(Value::Object(
-                row.state
-                    .field_at
-                    .iter()
-                    .map(|(k, t)| (k.clone(), Value::from(time::canonical(*t))))
-                    .collect(),
-            ));
+            c.data.push(Json(&row.state.data));
+            c.field_at.push(Json(FieldTimes(&row.state.field_at)));
             c.exists_at.push(row.state.exists_at);
             c.deleted_at.push(row.state.deleted_at);
             c.author.push(row.author.as_str());
@@ -417,20 +422,19 @@ impl<'a> Columns<'a> {
 /// small the planner would otherwise hash the whole table for every batch.
 async fn load_existing(
     tx: &mut Transaction<'_, Postgres>,
-    keys: &[Key],
-    rows: &mut HashMap<Key, Pending>,
+    rows: &mut [(Key, Pending)],
 ) -> Result<(), sqlx::Error> {
     let cols: [Vec<&str>; 4] = [
-        keys.iter().map(|k| k.0.as_str()).collect(),
-        keys.iter().map(|k| k.1.as_str()).collect(),
-        keys.iter().map(|k| k.2.as_str()).collect(),
-        keys.iter().map(|k| k.3.as_str()).collect(),
+        rows.iter().map(|(k, _)| k.0.as_str()).collect(),
+        rows.iter().map(|(k, _)| k.1.as_str()).collect(),
+        rows.iter().map(|(k, _)| k.2.as_str()).collect(),
+        rows.iter().map(|(k, _)| k.3.as_str()).collect(),
     ];
     let found = sqlx::query(
-        "SELECT r.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS k(space_id, app_id, table_name, record_id) \
+        "SELECT k.i, r.* \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS k(space_id, app_id, table_name, record_id, i) \
          CROSS JOIN LATERAL ( \
-            SELECT r.space_id, r.app_id, r.table_name, r.record_id, r.data, r.field_at, r.exists_at, r.deleted_at, \
-                   r.author_id, r.created_seq, r.updated_seq \
+            SELECT r.data, r.field_at, r.exists_at, r.deleted_at, r.author_id, r.created_seq, r.updated_seq \
             FROM records r \
             WHERE (r.space_id, r.app_id, r.table_name, r.record_id) = (k.space_id, k.app_id, k.table_name, k.record_id) \
             LIMIT 1 \
@@ -443,28 +447,30 @@ async fn load_existing(
     .fetch_all(&mut **tx)
     .await?;
     for r in found {
-        let key: Key = (r.get(0), r.get(1), r.get(2), r.get(3));
-        let data: Value = r.get(4);
-        let field_at: Value = r.get(5);
-        let state = RecordState {
-            data: into_map(data),
-            field_at: into_map(field_at)
-                .into_iter()
-                .filter_map(|(k, v)| v.as_str().and_then(time::parse_instant).map(|t| (k, t)))
-                .collect::<BTreeMap<_, _>>(),
-            exists_at: r.get(6),
-            deleted_at: r.get(7),
+        // `WITH ORDINALITY` counts from 1.
+        let Some((_, row)) = usize::try_from(r.get::<i64, _>(0) - 1)
+            .ok()
+            .and_then(|i| rows.get_mut(i))
+        else {
+            continue;
         };
-        rows.insert(
-            key,
-            Pending {
-                existed: true,
-                state,
-                author: r.get(8),
-                created_seq: r.get(9),
-                updated_seq: r.get(10),
+        let data: Value = r.get(1);
+        let field_at: Value = r.get(2);
+        *row = Pending {
+            existed: true,
+            state: RecordState {
+                data: into_map(data),
+                field_at: into_map(field_at)
+                    .into_iter()
+                    .filter_map(|(k, v)| v.as_str().and_then(time::parse_instant).map(|t| (k, t)))
+                    .collect::<BTreeMap<_, _>>(),
+                exists_at: r.get(3),
+                deleted_at: r.get(4),
             },
-        );
+            author: r.get(5),
+            created_seq: r.get(6),
+            updated_seq: r.get(7),
+        };
     }
     Ok(())
 }
