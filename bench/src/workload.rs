@@ -148,7 +148,7 @@ pub fn raw_events(device: &Device) -> anyhow::Result<Vec<Vec<RawEvent>>> {
                 .map(|e| RawEvent {
                     subject: e.subject.into(),
                     msg_id: e.msg_id,
-                    payload: Bytes::from(e.payload),
+                    payload: e.payload,
                 })
                 .collect())
         })

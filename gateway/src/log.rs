@@ -304,7 +304,7 @@ impl Publisher {
             headers.insert(NATS_MESSAGE_ID, event.msg_id.as_str());
             headers.insert(NATS_BATCH_ID, batch_id.as_str());
             headers.insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
-            let payload = event.payload.clone().into();
+            let payload = event.payload.clone();
             if i + 1 < chunk.len() {
                 self.client
                     .publish_with_headers(event.subject.clone(), headers, payload)
@@ -340,7 +340,7 @@ impl Publisher {
         for event in events {
             let msg = PublishMessage::build()
                 .message_id(&event.msg_id)
-                .payload(event.payload.clone().into());
+                .payload(event.payload.clone());
             let ack = self
                 .js
                 .send_publish(event.subject.clone(), msg)

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use schemas::{
     Envelope, Event, FieldValue, Metadata, Op, RecordChanged,
@@ -33,7 +34,7 @@ pub struct PreparedEvent {
     pub subject: String,
     /// `Nats-Msg-Id`: the event id, so a resent change is dropped by JetStream.
     pub msg_id: String,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     pub envelope: Envelope,
 }
 
@@ -169,7 +170,7 @@ impl PreparedEvent {
         Self {
             subject: envelope.event.subject(),
             msg_id: envelope.event_id.to_string(),
-            payload: envelope.to_json(),
+            payload: envelope.to_json().into(),
             envelope,
         }
     }
@@ -183,15 +184,17 @@ fn insert_time(data: Option<&serde_json::Map<String, Value>>) -> Option<DateTime
         .find_map(|k| data.get(*k).and_then(Value::as_str).and_then(parse_instant))
 }
 
-/// Same user, app, client and change bytes → same id. `serde_json` keeps object keys
-/// sorted, so the bytes do not depend on the key order the client used.
-fn event_id(ctx: &PushContext<'_>, raw: &Value) -> Uuid {
-    let mut name = Vec::with_capacity(256);
-    for part in [ctx.access.user_id(), ctx.app_id, ctx.client_id] {
+/// Same user, app, client and change bytes → same id. The change's bytes are its
+/// canonical serialization (keys sorted), so they do not depend on the key order the
+/// client used.
+fn event_id(ctx: &PushContext<'_>, raw: &[u8]) -> Uuid {
+    let parts = [ctx.access.user_id(), ctx.app_id, ctx.client_id];
+    let mut name = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + raw.len());
+    for part in parts {
         name.extend_from_slice(part.as_bytes());
         name.push(0);
     }
-    name.extend_from_slice(&serde_json::to_vec(raw).unwrap_or_default());
+    name.extend_from_slice(raw);
     Uuid::new_v5(&EVENT_NAMESPACE, &name)
 }
 
@@ -245,6 +248,27 @@ mod tests {
         )
         .unwrap();
         assert_ne!(a[0].msg_id, c[0].msg_id);
+    }
+
+    #[test]
+    fn event_ids_are_stable_across_releases() {
+        // The derivation deployed clients' resends rely on: v5 of user, app and client
+        // (NUL-terminated) and the change's sorted-key JSON. Changing it would make a
+        // resend spanning an upgrade land twice.
+        let alice = Access::personal_only("alice");
+        let change = json!({"table": "t", "id": "1", "op": "insert", "data": {"b": 2, "a": 1}});
+        let event =
+            &prepare_batch(ctx(&alice, Utc::now()), changes(json!([change.clone()]))).unwrap()[0];
+        let mut name = b"alice\0todo\0c1\0".to_vec();
+        name.extend_from_slice(&serde_json::to_vec(&change).unwrap());
+        assert_eq!(
+            event.envelope.event_id,
+            Uuid::new_v5(&EVENT_NAMESPACE, &name)
+        );
+        assert_eq!(
+            event.msg_id, "ec07edba-bd77-5282-aeb7-8106b89c9b48",
+            "the id this change has always had"
+        );
     }
 
     #[test]

@@ -37,8 +37,9 @@ pub struct ClientChange {
     pub actor: Option<Value>,
     pub origin: Option<Value>,
     pub schema_version: u32,
-    /// The change exactly as received, for its deterministic event id.
-    pub raw: Value,
+    /// The change as received, serialized with its keys sorted: what its deterministic
+    /// event id is derived from.
+    pub raw: Vec<u8>,
 }
 
 /// Checks an id that may appear in a subject or a URL: non-empty, at most
@@ -116,14 +117,18 @@ pub fn event_has_nul(rc: &schemas::RecordChanged, meta: &schemas::Metadata) -> b
 
 fn parse_change(i: usize, raw: Value) -> Result<ClientChange, RejectedBatch> {
     let bad = |msg: String| RejectedBatch::invalid(i, format!("change {i}: {msg}"));
-    let Value::Object(obj) = &raw else {
+    let Value::Object(mut obj) = raw else {
         return Err(bad("must be a JSON object".into()));
     };
-    if has_nul(&raw) {
+    if obj.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
         return Err(bad(
             "strings must not contain the NUL character (\\u0000)".into()
         ));
     }
+    // `serde_json` keeps object keys sorted, so these bytes do not depend on the key
+    // order the client used.
+    let raw = serde_json::to_vec(&obj).unwrap_or_default();
+    let obj = &mut obj;
     let table = required_id(obj, "table").map_err(bad)?;
     let id = required_id(obj, "id").map_err(bad)?;
     let op = match obj.get("op") {
@@ -137,12 +142,12 @@ fn parse_change(i: usize, raw: Value) -> Result<ClientChange, RejectedBatch> {
     };
     let schema_version = schema_version(obj.get("schemaVersion"), Some(i))?;
 
-    let data = match obj.get("data") {
+    let data = match obj.remove("data") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m.clone()),
+        Some(Value::Object(m)) => Some(m),
         Some(_) => return Err(bad("`data` must be an object".into())),
     };
-    let fields = match obj.get("fields") {
+    let fields = match obj.remove("fields") {
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) => Some(parse_fields(m).map_err(bad)?),
         Some(_) => return Err(bad("`fields` must be an object".into())),
@@ -184,19 +189,16 @@ fn parse_change(i: usize, raw: Value) -> Result<ClientChange, RejectedBatch> {
     })
 }
 
-fn parse_fields(
-    m: &Map<String, Value>,
-) -> Result<BTreeMap<String, (Value, DateTime<Utc>)>, String> {
-    m.iter()
+fn parse_fields(m: Map<String, Value>) -> Result<BTreeMap<String, (Value, DateTime<Utc>)>, String> {
+    m.into_iter()
         .map(|(name, v)| {
-            let Value::Object(f) = v else {
+            let Value::Object(mut f) = v else {
                 return Err(format!(
                     "field {name:?} must be an object with `value` and `at`"
                 ));
             };
             let value = f
-                .get("value")
-                .cloned()
+                .remove("value")
                 .ok_or_else(|| format!("field {name:?} has no `value`"))?;
             let stamp = match f.get("at").or_else(|| f.get("updatedAt")) {
                 Some(Value::String(s)) => s,
@@ -209,7 +211,7 @@ fn parse_fields(
             };
             let at = parse_instant(stamp)
                 .ok_or_else(|| format!("field {name:?}: {stamp:?} is not an ISO-8601 timestamp"))?;
-            Ok((name.clone(), (value, at)))
+            Ok((name, (value, at)))
         })
         .collect()
 }
@@ -271,8 +273,8 @@ fn check_record_fields(
     Ok(())
 }
 
-fn opaque(obj: &Map<String, Value>, key: &str) -> Option<Value> {
-    obj.get(key).filter(|v| !v.is_null()).cloned()
+fn opaque(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
+    obj.remove(key).filter(|v| !v.is_null())
 }
 
 fn required_id(obj: &Map<String, Value>, key: &str) -> Result<String, String> {

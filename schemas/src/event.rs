@@ -211,8 +211,14 @@ impl Envelope {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
+        // Room for a typical event up front: growing from serde_json's default
+        // capacity copied the buffer three times.
+        let mut out = Vec::with_capacity(1024);
         // Serializing these types cannot fail: every map key is a string.
-        serde_json::to_vec(self).unwrap_or_default()
+        match serde_json::to_writer(&mut out, self) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
     }
 }
 
