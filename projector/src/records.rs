@@ -304,7 +304,7 @@ async fn merge_records(
         let insert = sqlx::query(
             "INSERT INTO records (space_id, app_id, table_name, record_id, data, field_at, exists_at, deleted_at, \
                                   author_id, created_seq, updated_seq) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::json[], \
                                   $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int8[], $11::int8[])",
         );
         c.bind_state(insert)
@@ -319,7 +319,7 @@ async fn merge_records(
         let update = sqlx::query(
             "UPDATE records r SET data = u.data, field_at = u.field_at, exists_at = u.exists_at, \
                     deleted_at = u.deleted_at, updated_seq = u.updated_seq \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::json[], \
                          $7::timestamptz[], $8::timestamptz[], $9::int8[]) \
                   AS u(space_id, app_id, table_name, record_id, data, field_at, exists_at, deleted_at, updated_seq) \
              WHERE (r.space_id, r.app_id, r.table_name, r.record_id) = (u.space_id, u.app_id, u.table_name, u.record_id)",
@@ -352,7 +352,7 @@ struct Columns<'a> {
     table: Vec<&'a str>,
     record: Vec<&'a str>,
     data: Vec<Json<&'a Map<String, Value>>>,
-    field_at: Vec<Json<FieldTimes<'a>>>,
+    field_at: Vec<String>,
     exists_at: Vec<Option<DateTime<Utc>>>,
     deleted_at: Vec<Option<DateTime<Utc>>>,
     author: Vec<&'a str>,
@@ -360,7 +360,8 @@ struct Columns<'a> {
     updated: Vec<i64>,
 }
 
-/// `{field: canonical instant}`, as stored in `records.field_at`.
+/// `{field: canonical instant}`, as stored in `records.field_at` (`json`: bookkeeping
+/// of the merge, never queried inside).
 struct FieldTimes<'a>(&'a BTreeMap<String, DateTime<Utc>>);
 
 impl Serialize for FieldTimes<'_> {
@@ -405,7 +406,8 @@ impl<'a> Columns<'a> {
             c.table.push(key.2.as_str());
             c.record.push(key.3.as_str());
             c.data.push(Json(&row.state.data));
-            c.field_at.push(Json(FieldTimes(&row.state.field_at)));
+            c.field_at
+                .push(serde_json::to_string(&FieldTimes(&row.state.field_at)).unwrap_or_default());
             c.exists_at.push(row.state.exists_at);
             c.deleted_at.push(row.state.deleted_at);
             c.author.push(row.author.as_str());
