@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use schemas::{Envelope, Event, RecordChanged, membership::MembershipEvent, time};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Row as _, Transaction};
 
 use crate::records::{Handoff, Logged};
 
@@ -340,36 +340,48 @@ async fn insert_change_log(
     // always are, and are checked per row only when a batch turned out not to be (the
     // check is a second index probe per row).
     let on_conflict = match event_ids {
+        // Every row goes in, or the statement fails: the positions are known already.
         EventIds::New => "",
-        EventIds::MayRepeat => "ON CONFLICT (event_id) DO NOTHING",
+        EventIds::MayRepeat => "ON CONFLICT (event_id) DO NOTHING RETURNING seq",
     };
-    sqlx::query_scalar(&format!(
+    let sql = format!(
         "INSERT INTO change_log (seq, event_id, app_id, space_id, table_name, record_id, op, at, data, fields, \
                                  user_id, client_id, actor, origin, schema_version, received_at, logged_at) \
          SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
                               $8::timestamptz[], $9::json[], $10::json[], $11::text[], $12::text[], $13::json[], \
                               $14::json[], $15::int4[], $16::timestamptz[], $17::timestamptz[]) \
-         {on_conflict} RETURNING seq"
-    ))
-    .bind(&seq)
-    .bind(&event_id)
-    .bind(&app)
-    .bind(&space)
-    .bind(&table)
-    .bind(&record)
-    .bind(&op)
-    .bind(&at)
-    .bind(&data)
-    .bind(&fields)
-    .bind(&user)
-    .bind(&client)
-    .bind(&actor)
-    .bind(&origin)
-    .bind(&version)
-    .bind(&received)
-    .bind(&logged)
-    .fetch_all(&mut **tx)
-    .await
+         {on_conflict}"
+    );
+    let insert = sqlx::query(&sql)
+        .bind(&seq)
+        .bind(&event_id)
+        .bind(&app)
+        .bind(&space)
+        .bind(&table)
+        .bind(&record)
+        .bind(&op)
+        .bind(&at)
+        .bind(&data)
+        .bind(&fields)
+        .bind(&user)
+        .bind(&client)
+        .bind(&actor)
+        .bind(&origin)
+        .bind(&version)
+        .bind(&received)
+        .bind(&logged);
+    match event_ids {
+        EventIds::New => {
+            insert.execute(&mut **tx).await?;
+            Ok(seq)
+        }
+        EventIds::MayRepeat => insert
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<i64, _>(0))
+            .collect(),
+    }
 }
 
 /// The record change of a decoded message, if it is one.
