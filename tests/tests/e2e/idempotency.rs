@@ -121,25 +121,58 @@ async fn concurrent_pushes_and_resends_each_land_once_and_together() {
         }
     }
     assert_eq!(app.stream_messages().await, 8 * 10 * 4);
+    assert_pushes_contiguous(&app, 8 * 4, 10).await;
+}
 
-    // Every push's changes sit next to each other in the log.
+/// More concurrent pushes than one atomic batch holds (12 × 150 changes): the combiner
+/// splits them between batches, never a push, and every change lands once.
+#[tokio::test]
+async fn pushes_overflowing_one_batch_land_whole_and_once() {
+    let app = TestApp::spawn().await;
+    let base = app.gateway.base.clone();
+    let users: Vec<String> = (0..12).map(|u| format!("user{u}")).collect();
+    let bodies: Vec<_> = (0..users.len())
+        .map(|u| {
+            let changes: Vec<_> = (0..150)
+                .map(|k| json!({"table": "tasks", "id": format!("u{u}-r0-{k}"), "op": "insert", "data": {}}))
+                .collect();
+            json!({ "changes": changes })
+        })
+        .collect();
+    let requests = users
+        .iter()
+        .zip(&bodies)
+        .map(|(user, body)| app.push_as(&base, user, "c", "todo", body));
+    for reply in futures::future::join_all(requests).await {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    assert_eq!(app.stream_messages().await, 12 * 150);
+    assert_pushes_contiguous(&app, 12, 150).await;
+}
+
+/// Every push's record changes (ids `<push>-<k>`) sit next to each other in the log.
+async fn assert_pushes_contiguous(app: &TestApp, pushes: usize, changes: usize) {
     let js = app.nats.jetstream().await;
     let stream = js
         .get_stream(schemas::stream::DEFAULT_STREAM)
         .await
         .unwrap();
-    let mut pushes: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    let mut seen: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
     for seq in 1..=stream.cached_info().state.last_sequence {
         let msg = stream.get_raw_message(seq).await.unwrap();
         let env: schemas::Envelope = serde_json::from_slice(&msg.payload).unwrap();
         if let schemas::Event::RecordChanged(rc) = env.event {
             let push = rc.record_id.rsplit_once('-').unwrap().0.to_owned();
-            pushes.entry(push).or_default().push(seq);
+            seen.entry(push).or_default().push(seq);
         }
     }
-    assert_eq!(pushes.len(), 8 * 4);
-    for (push, seqs) in pushes {
-        assert_eq!(seqs.len(), 10, "{push}");
-        assert_eq!(seqs[9] - seqs[0], 9, "{push} is not contiguous: {seqs:?}");
+    assert_eq!(seen.len(), pushes);
+    for (push, seqs) in seen {
+        assert_eq!(seqs.len(), changes, "{push}");
+        assert_eq!(
+            seqs[changes - 1] - seqs[0],
+            changes as u64 - 1,
+            "{push} is not contiguous: {seqs:?}"
+        );
     }
 }
