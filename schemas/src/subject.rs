@@ -16,12 +16,14 @@ pub const STREAM_SUBJECTS: [&str; 2] = ["sync.>", "space.>"];
 
 /// Subject of a record change.
 pub fn change_subject(space_id: &str, app_id: &str, table: &str) -> String {
-    format!(
-        "sync.{}.{}.{}",
-        escape_token(space_id),
-        escape_token(app_id),
-        escape_token(table)
-    )
+    // Written in one buffer: every published and every projected change computes it.
+    let mut out = String::with_capacity(8 + space_id.len() + app_id.len() + table.len());
+    out.push_str("sync");
+    for token in [space_id, app_id, table] {
+        out.push('.');
+        push_escaped(&mut out, token);
+    }
+    out
 }
 
 /// Subject of a space's membership events.
@@ -36,10 +38,17 @@ pub const MEMBERSHIP_SUBJECTS: &str = "space.*.members";
 /// hex of each UTF-8 byte); the empty string becomes a lone `~`, which no non-empty
 /// input can produce.
 pub fn escape_token(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len().max(1));
+    push_escaped(&mut out, raw);
+    out
+}
+
+/// Appends [`escape_token`] of `raw` to `out`.
+fn push_escaped(out: &mut String, raw: &str) {
     if raw.is_empty() {
-        return "~".to_owned();
+        out.push('~');
+        return;
     }
-    let mut out = String::with_capacity(raw.len());
     for b in raw.bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
             out.push(b as char);
@@ -49,7 +58,6 @@ pub fn escape_token(raw: &str) -> String {
             out.push(char::from(HEX[usize::from(b & 0x0f)]));
         }
     }
-    out
 }
 
 /// Inverse of [`escape_token`]; `None` for a token it cannot have produced.
@@ -132,6 +140,16 @@ mod tests {
         assert_eq!(subject.split('.').count(), 4);
         assert!(subject.starts_with("sync."));
         assert!(!subject.contains('*') && !subject.contains('>') && !subject.contains(' '));
+        let tokens: Vec<_> = subject.split('.').skip(1).collect();
+        assert_eq!(
+            tokens,
+            [
+                escape_token("sp.ace"),
+                escape_token("*"),
+                escape_token("> x")
+            ]
+        );
+        assert_eq!(change_subject("", "a", ""), "sync.~.a.~");
     }
 
     #[test]
