@@ -390,6 +390,8 @@ async fn combine(publisher: Publisher, mut queue: mpsc::Receiver<Queued>) {
         if !open && group.pushes.is_empty() && in_flight.is_empty() {
             return;
         }
+        // A branch is always enabled here: with nothing in flight, a non-empty group went
+        // out above, and `carried` is only ever set beside a non-empty group.
         tokio::select! {
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             next = queue.recv(), if open && carried.is_none() => match next {
