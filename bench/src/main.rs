@@ -139,7 +139,9 @@ fn main() -> anyhow::Result<()> {
     let settings = args.settings()?;
     sync_tests::init_logging();
     let gateway = runtime(cpu::GATEWAY_THREADS)?;
-    let projector = runtime(cpu::PROJECTOR_THREADS)?;
+    // As the projector binary runs it (its default worker count).
+    let projector = projector::runtime(projector::DEFAULT_WORKER_THREADS)
+        .context("building the projector runtime")?;
     let clients = runtime("client")?;
     let rts = Runtimes {
         gateway: gateway.handle().clone(),
