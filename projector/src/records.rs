@@ -361,12 +361,17 @@ struct Columns<'a> {
 }
 
 /// `{field: canonical instant}`, as stored in `records.field_at` (`json`: bookkeeping
-/// of the merge, never queried inside).
-struct FieldTimes<'a>(&'a BTreeMap<String, DateTime<Utc>>);
+/// of the merge, never queried inside): only the times that differ from `exists_at`
+/// (see [`RecordState::stored_field_times`]).
+struct FieldTimes<'a>(&'a RecordState);
 
 impl Serialize for FieldTimes<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, t)| (k, time::canonical(*t))))
+        s.collect_map(
+            self.0
+                .stored_field_times()
+                .map(|(k, t)| (k, time::canonical(*t))),
+        )
     }
 }
 
@@ -407,7 +412,7 @@ impl<'a> Columns<'a> {
             c.record.push(key.3.as_str());
             c.data.push(Json(&row.state.data));
             c.field_at
-                .push(serde_json::to_string(&FieldTimes(&row.state.field_at)).unwrap_or_default());
+                .push(serde_json::to_string(&FieldTimes(&row.state)).unwrap_or_default());
             c.exists_at.push(row.state.exists_at);
             c.deleted_at.push(row.state.deleted_at);
             c.author.push(row.author.as_str());
@@ -458,17 +463,19 @@ async fn load_existing(
         };
         let data: Value = r.get(1);
         let field_at: Value = r.get(2);
+        let mut state = RecordState {
+            data: into_map(data),
+            field_at: into_map(field_at)
+                .into_iter()
+                .filter_map(|(k, v)| v.as_str().and_then(time::parse_instant).map(|t| (k, t)))
+                .collect::<BTreeMap<_, _>>(),
+            exists_at: r.get(3),
+            deleted_at: r.get(4),
+        };
+        state.restore_field_times();
         *row = Pending {
             existed: true,
-            state: RecordState {
-                data: into_map(data),
-                field_at: into_map(field_at)
-                    .into_iter()
-                    .filter_map(|(k, v)| v.as_str().and_then(time::parse_instant).map(|t| (k, t)))
-                    .collect::<BTreeMap<_, _>>(),
-                exists_at: r.get(3),
-                deleted_at: r.get(4),
-            },
+            state,
             author: r.get(5),
             created_seq: r.get(6),
             updated_seq: r.get(7),

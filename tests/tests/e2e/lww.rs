@@ -67,6 +67,55 @@ async fn concurrent_edits_merge_field_by_field() {
     assert_eq!(record(&app, "t").await["title"], "second");
 }
 
+/// The field times the records stage stores for a record.
+async fn stored_field_times(app: &TestApp, id: &str) -> Value {
+    sqlx::query_scalar("SELECT field_at::jsonb FROM records WHERE record_id = $1")
+        .bind(id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn fields_keep_the_insert_time_they_were_stored_without() {
+    let app = TestApp::spawn().await;
+    let before = chrono::Utc::now();
+    push_ok(
+        &app,
+        "a",
+        json!({"table": "tasks", "id": "t", "op": "insert", "data": {"title": "x", "done": false}}),
+    )
+    .await;
+    app.wait_projected().await;
+    // Every field carries the insert's time, which the row has already (`exists_at`).
+    assert_eq!(stored_field_times(&app, "t").await, json!({}));
+    let inserted_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT exists_at FROM records WHERE record_id = 't'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    let at = |s: i64| (inserted_at + chrono::TimeDelta::seconds(s)).to_rfc3339();
+
+    // Read back in later batches, the fields still have the insert's time: an update
+    // older than the insert loses, a newer one wins, an equal one wins by log order.
+    let older = (before - chrono::TimeDelta::seconds(60)).to_rfc3339();
+    push_ok(&app, "b", update("t", "title", json!("older"), &older)).await;
+    push_ok(&app, "b", update("t", "done", json!(true), &at(1))).await;
+    app.wait_projected().await;
+    assert_eq!(record(&app, "t").await, json!({"title": "x", "done": true}));
+    let stored = stored_field_times(&app, "t").await;
+    assert_eq!(
+        stored.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["done"]
+    );
+    let equal = inserted_at
+        .with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap())
+        .to_rfc3339();
+    push_ok(&app, "b", update("t", "title", json!("same"), &equal)).await;
+    app.wait_projected().await;
+    assert_eq!(record(&app, "t").await["title"], "same");
+}
+
 #[tokio::test]
 async fn instants_are_compared_not_strings() {
     let app = TestApp::spawn().await;
