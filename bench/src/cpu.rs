@@ -8,7 +8,7 @@ use std::{fs, process::Command, sync::OnceLock, time::Instant};
 
 /// Thread-name prefixes of the runtimes the stack runs on (see `main.rs`).
 pub const GATEWAY_THREADS: &str = "gateway";
-pub const PROJECTOR_THREADS: &str = projector::THREAD_NAME;
+pub const PROJECTOR_THREADS: &str = "projector";
 
 /// Cumulative CPU seconds per component at one instant.
 #[derive(Debug, Clone)]

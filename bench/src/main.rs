@@ -139,9 +139,7 @@ fn main() -> anyhow::Result<()> {
     let settings = args.settings()?;
     sync_tests::init_logging();
     let gateway = runtime(cpu::GATEWAY_THREADS)?;
-    // As the projector binary runs it (its default worker count).
-    let projector = projector::runtime(projector::DEFAULT_WORKER_THREADS)
-        .context("building the projector runtime")?;
+    let projector = runtime(cpu::PROJECTOR_THREADS)?;
     let clients = runtime("client")?;
     let rts = Runtimes {
         gateway: gateway.handle().clone(),

@@ -33,7 +33,4 @@ pub struct Config {
     /// Most events applied in one transaction.
     #[arg(long, env = "PROJECTOR_BATCH", default_value_t = 1000)]
     pub batch_size: usize,
-    /// Worker threads of the projector's runtime (see [`crate::runtime`]).
-    #[arg(long, env = "PROJECTOR_WORKER_THREADS", default_value_t = crate::DEFAULT_WORKER_THREADS)]
-    pub worker_threads: usize,
 }

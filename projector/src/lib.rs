@@ -22,30 +22,6 @@ use tokio::sync::{Mutex, mpsc, watch};
 pub use config::{Config, Connections};
 use records::Handoff;
 
-/// Worker threads of the projector's runtime unless configured otherwise: one.
-///
-/// The projector is a pipeline of a few tasks (the consumer's connection, the log stage,
-/// the records stage, their database connections) that hand each batch to one another
-/// and mostly wait on PostgreSQL. On one thread every hand-off stays on the thread that
-/// made it; on several, each wakes another thread and the batch's memory is freed on a
-/// thread that did not allocate it. Measured draining a full stream on the 2-core bench
-/// machine: one worker used ~25% less CPU per change than two and drained ~20% faster
-/// (README, Speed).
-pub const DEFAULT_WORKER_THREADS: usize = 1;
-
-/// The name of the projector runtime's threads.
-pub const THREAD_NAME: &str = "projector";
-
-/// The runtime the projector runs on: multi-threaded (so blocking work and other
-/// runtimes' handles work as usual) with `worker_threads` workers (at least one).
-pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads.max(1))
-        .thread_name(THREAD_NAME)
-        .enable_all()
-        .build()
-}
-
 /// Hand-offs from the log stage to the records stage that may wait in memory.
 const HANDOFFS_QUEUED: usize = 64;
 

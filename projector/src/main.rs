@@ -25,18 +25,17 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    projector::telemetry::init();
     let cli = Cli::parse();
-    projector::runtime(cli.config.worker_threads)?.block_on(async {
-        projector::telemetry::init();
-        match cli.command.unwrap_or(Command::Run) {
-            Command::Migrate => projector::migrate(&cli.config.conn.database_url).await,
-            Command::Run => {
-                let projector = Projector::build(cli.config).await?;
-                projector
-                    .run_until_stopped(projector::shutdown_signal())
-                    .await
-            }
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Migrate => projector::migrate(&cli.config.conn.database_url).await,
+        Command::Run => {
+            let projector = Projector::build(cli.config).await?;
+            projector
+                .run_until_stopped(projector::shutdown_signal())
+                .await
         }
-    })
+    }
 }

@@ -83,7 +83,6 @@ pub fn projector_config(nats: &TestNats, db: &TestDb, name: &str) -> projector::
         conn: connections(nats, db),
         name: name.to_owned(),
         batch_size: 1000,
-        worker_threads: projector::DEFAULT_WORKER_THREADS,
     }
 }
 
