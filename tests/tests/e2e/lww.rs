@@ -4,13 +4,20 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sync_tests::{RunningProjector, TestApp, TestDb, changes, projector_config};
 
+/// `column` (a JSON expression over `records`) of record `id`.
+async fn records_json(app: &TestApp, id: &str, column: &str) -> Value {
+    sqlx::query_scalar(&format!(
+        "SELECT {column} FROM records WHERE record_id = $1"
+    ))
+    .bind(id)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap()
+}
+
 async fn record(app: &TestApp, id: &str) -> Value {
     // The merged fields; the server-stamped author is not what these tests are about.
-    sqlx::query_scalar("SELECT data - 'authorId' FROM records WHERE record_id = $1")
-        .bind(id)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap()
+    records_json(app, id, "data - 'authorId'").await
 }
 
 fn update(id: &str, field: &str, value: Value, at: &str) -> Value {
@@ -69,11 +76,7 @@ async fn concurrent_edits_merge_field_by_field() {
 
 /// The field times the records stage stores for a record.
 async fn stored_field_times(app: &TestApp, id: &str) -> Value {
-    sqlx::query_scalar("SELECT field_at::jsonb FROM records WHERE record_id = $1")
-        .bind(id)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap()
+    records_json(app, id, "field_at::jsonb").await
 }
 
 #[tokio::test]
