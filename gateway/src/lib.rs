@@ -38,7 +38,8 @@ use {
     tail::{LogTail, TailPage, TailQuery},
 };
 
-/// Longest a response waits for this gateway's tail before reading PostgreSQL instead.
+/// Longest a response waits for this gateway's tail before reading PostgreSQL instead
+/// (and a resend, before asking it which of its events are logged).
 const TAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Shared state of every request.
@@ -211,6 +212,16 @@ impl App {
                 config.tail_memory_mib.saturating_mul(1 << 20),
             )
         });
+        if let Some(tail) = &tail {
+            let tail = tail.clone();
+            log.know_logged_events(Arc::new(move |ids, end| {
+                let tail = tail.clone();
+                Box::pin(async move {
+                    tail.wait_for(end, TAIL_WAIT).await;
+                    tail.logged(&ids)
+                })
+            }));
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .context("binding the listener")?;

@@ -1,13 +1,27 @@
 //! The gateway's side of the log: publishing a push's events with acknowledgement, as
 //! one atomic JetStream batch, and reading the current log position.
 //!
+//! A push is one atomic batch, however many changes it holds, up to the most the server
+//! accepts in one (1000 on a stock nats-server; `nats/log-limits.conf` raises it). The
+//! gateway learns that limit from the server's refusal of a larger batch (nothing of a
+//! refused batch is stored) and from then on publishes larger pushes atomically per
+//! that many changes. A resend that also carries new changes publishes the new ones as
+//! one atomic batch too (`Publisher::publish_resend`).
+//!
 //! Group commit: pushes that arrive while earlier ones are being committed are
 //! published together, as one atomic batch of up to 1000 events. Each push stays
 //! all-or-nothing (the batch they share is), and JetStream's cost of an atomic batch is
 //! mostly per batch, not per event: batches of 500 go through about twice as fast as
 //! batches of 100 (see README, Speed).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use async_nats::{
     HeaderMap,
@@ -18,18 +32,28 @@ use async_nats::{
     },
     jetstream::{self, ErrorCode, message::PublishMessage},
 };
-use futures::future::try_join_all;
+use futures::future::{BoxFuture, try_join_all};
 use ingest::PreparedEvent;
 use serde::Deserialize;
 use tokio::{
     sync::{Semaphore, mpsc, oneshot, watch},
     task::JoinSet,
 };
+use uuid::Uuid;
 
 use crate::error::ApiError;
 
-/// Most messages JetStream accepts in one atomic batch.
-const MAX_ATOMIC_BATCH: usize = 1000;
+/// Most events published together as one combined batch: what a stock nats-server
+/// accepts in one atomic batch. Bigger combined batches would save little (the per-batch
+/// cost is already shared by several pushes) and cost the pushes in them latency.
+const MAX_COMBINED_BATCH: usize = 1000;
+
+/// The server's atomic batch limit before it is known: a push is tried whole.
+const LIMIT_UNKNOWN: usize = usize::MAX;
+
+/// The limit assumed when the server refuses a batch as too large without saying how
+/// large it may be (nats-server's default).
+const DEFAULT_SERVER_LIMIT: usize = 1000;
 
 /// Atomic batches this gateway keeps in flight at once; the server allows 50 per
 /// stream, so a few gateways at full load stay under it.
@@ -52,12 +76,21 @@ pub struct Log {
     disconnects: watch::Sender<u64>,
 }
 
-/// What publishes: the connection, and the limit on atomic batches in flight.
+/// Which of some event ids the log is known to hold (by this gateway's tail, once it
+/// has seen the log up to the given position or given up waiting); the others may or
+/// may not be in it.
+pub type LoggedIds = Arc<dyn Fn(Vec<Uuid>, u64) -> BoxFuture<'static, HashSet<Uuid>> + Send + Sync>;
+
+/// What publishes: the connection, the limit on atomic batches in flight, the server's
+/// limit on events per atomic batch once learned, and what tells logged events apart.
 #[derive(Clone)]
 struct Publisher {
     client: async_nats::Client,
     js: jetstream::Context,
+    stream: String,
     batches: Arc<Semaphore>,
+    batch_limit: Arc<AtomicUsize>,
+    logged: Arc<OnceLock<LoggedIds>>,
 }
 
 /// A push waiting for its events to be published: the answer is the position just
@@ -76,9 +109,22 @@ enum CommitReply {
 }
 
 enum PublishFailure {
-    /// Part of the batch was committed before (a resend): publish one by one, deduplicated.
+    /// Some of the batch was committed before (a resend); none of it was stored now.
     AlreadyPartlyLogged,
+    /// More events than the server takes in one atomic batch (at most this many); none
+    /// was stored.
+    TooLarge(usize),
     Failed(String),
+}
+
+impl PublishFailure {
+    fn why(self) -> String {
+        match self {
+            Self::AlreadyPartlyLogged => "the batch holds events logged before".to_owned(),
+            Self::TooLarge(max) => format!("the log takes at most {max} events at once"),
+            Self::Failed(why) => why,
+        }
+    }
 }
 
 impl Log {
@@ -108,7 +154,10 @@ impl Log {
         let publisher = Publisher {
             client,
             js,
+            stream: conn.stream.clone(),
             batches: Arc::new(Semaphore::new(ATOMIC_BATCHES_IN_FLIGHT)),
+            batch_limit: Arc::new(AtomicUsize::new(LIMIT_UNKNOWN)),
+            logged: Arc::new(OnceLock::new()),
         };
         let (combiner, queue) = mpsc::channel(COMBINER_QUEUE);
         // Ends when every `Log` (so every sender) is gone.
@@ -126,6 +175,12 @@ impl Log {
         &self.publisher.js
     }
 
+    /// Lets a resend that also carries new changes publish the new ones as one atomic
+    /// batch, leaving out the events `logged` knows to be in the log already.
+    pub fn know_logged_events(&self, logged: LoggedIds) {
+        let _ = self.publisher.logged.set(logged);
+    }
+
     pub fn stream_name(&self) -> &str {
         &self.stream
     }
@@ -140,9 +195,9 @@ impl Log {
     }
 
     /// Publishes a push's events and returns only once JetStream has stored all of them.
-    /// Up to 1000 events go in as one atomic batch: all are stored or none. Any failure
-    /// is a 503 and the client retries; the deterministic message ids make a retry land
-    /// each event exactly once.
+    /// They go in as one atomic batch, all stored or none, up to the server's limit per
+    /// batch (beyond it, atomically per that many). Any failure is a 503 and the client
+    /// retries; the deterministic message ids make a retry land each event exactly once.
     ///
     /// Returns the log position just before the push's first change when it is known
     /// (not for a resend JetStream recognised): every push acknowledged before this one
@@ -168,7 +223,7 @@ impl Log {
                 let events: Vec<&PreparedEvent> = events.iter().collect();
                 return self.publisher.publish_each(&events).await;
             }
-            if events.len() <= MAX_ATOMIC_BATCH {
+            if events.len() <= self.publisher.combined_limit() {
                 // Through the combiner: published together with concurrent pushes.
                 let (reply, answer) = oneshot::channel();
                 let queued = Queued { events, reply };
@@ -180,15 +235,8 @@ impl Log {
                     .await
                     .map_err(|_| "the publisher has stopped".to_owned())?;
             }
-            let mut before_first = None;
-            for (i, chunk) in events.chunks(MAX_ATOMIC_BATCH).enumerate() {
-                let chunk: Vec<&PreparedEvent> = chunk.iter().collect();
-                let before = self.publisher.publish_push(&chunk).await?;
-                if i == 0 {
-                    before_first = before;
-                }
-            }
-            Ok(before_first)
+            let events: Vec<&PreparedEvent> = events.iter().collect();
+            self.publisher.publish_push(&events).await
         };
         match tokio::time::timeout(self.publish_timeout, publish).await {
             Ok(Ok(before)) => Ok(before),
@@ -228,14 +276,97 @@ impl Log {
 }
 
 impl Publisher {
-    /// One push (at most 1000 events): one atomic batch, or, when part of it is in the
-    /// log already (a resend), one by one, deduplicated.
-    async fn publish_push(&self, events: &[&PreparedEvent]) -> Result<Option<u64>, String> {
-        match self.publish_atomic(events).await {
-            Ok(before) => Ok(before),
-            Err(PublishFailure::AlreadyPartlyLogged) => self.publish_each(events).await,
-            Err(PublishFailure::Failed(why)) => Err(why),
+    /// The server's limit on events per atomic batch, as far as known.
+    fn batch_limit(&self) -> usize {
+        self.batch_limit.load(Ordering::Relaxed)
+    }
+
+    /// Most events of pushes published together.
+    fn combined_limit(&self) -> usize {
+        MAX_COMBINED_BATCH.min(self.batch_limit())
+    }
+
+    /// The server refused a batch as larger than `max` events.
+    fn learn_batch_limit(&self, max: usize) {
+        let max = max.max(1);
+        let before = self.batch_limit.fetch_min(max, Ordering::Relaxed);
+        if max < before {
+            tracing::info!(
+                limit = max,
+                "the log takes at most this many events per atomic batch; larger pushes are atomic per this many"
+            );
         }
+    }
+
+    /// One push: one atomic batch when the server takes that many events at once (tried
+    /// whole while its limit is unknown), else atomically per the server's limit. A
+    /// batch that holds events in the log already (a resend) goes as [`publish_resend`]
+    /// says.
+    ///
+    /// [`publish_resend`]: Self::publish_resend
+    async fn publish_push(&self, events: &[&PreparedEvent]) -> Result<Option<u64>, String> {
+        if events.len() <= self.batch_limit() {
+            match self.publish_atomic(events).await {
+                Ok(before) => return Ok(before),
+                Err(PublishFailure::AlreadyPartlyLogged) => {
+                    return self.publish_resend(events).await;
+                }
+                Err(PublishFailure::TooLarge(max)) if max < events.len() => {
+                    self.learn_batch_limit(max);
+                }
+                Err(failure) => return Err(failure.why()),
+            }
+        }
+        let mut before_first = None;
+        for (i, chunk) in events.chunks(self.batch_limit()).enumerate() {
+            let before = match self.publish_atomic(chunk).await {
+                Ok(before) => before,
+                Err(PublishFailure::AlreadyPartlyLogged) => self.publish_resend(chunk).await?,
+                Err(failure) => return Err(failure.why()),
+            };
+            if i == 0 {
+                before_first = before;
+            }
+        }
+        Ok(before_first)
+    }
+
+    /// A batch the server refused because some of its events are in the log already: a
+    /// resend, perhaps with new changes added (a client's queue that grew while it
+    /// waited for an answer it never got). The events known to be logged are left out
+    /// and the rest published as one atomic batch; only when that still holds a logged
+    /// event (one the tail has not seen) does each event go on its own, deduplicated.
+    /// Returns `None`: where the push's changes lie is not known.
+    async fn publish_resend(&self, events: &[&PreparedEvent]) -> Result<Option<u64>, String> {
+        let mut known = HashSet::new();
+        if let Some(logged) = self.logged.get() {
+            // What the log holds now, the part of the resend that is in it included.
+            let end = self
+                .js
+                .get_stream(&self.stream)
+                .await
+                .map_err(|e| e.to_string())?
+                .cached_info()
+                .state
+                .last_sequence;
+            known = logged(events.iter().map(|e| e.envelope.event_id).collect(), end).await;
+        }
+        let rest: Vec<&PreparedEvent> = events
+            .iter()
+            .filter(|e| !known.contains(&e.envelope.event_id))
+            .copied()
+            .collect();
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        if !known.is_empty() {
+            match self.publish_atomic(&rest).await {
+                Ok(_) => return Ok(None),
+                Err(PublishFailure::AlreadyPartlyLogged) => {}
+                Err(failure) => return Err(failure.why()),
+            }
+        }
+        self.publish_each(&rest).await.map(|_| None)
     }
 
     /// Pushes queued together, as one atomic batch. When it holds an event already in
@@ -264,6 +395,10 @@ impl Publisher {
                         pushes = group.len(),
                         "a combined batch holds a resend; publishing push by push"
                     );
+                }
+                Err(PublishFailure::TooLarge(max)) => {
+                    // A server that takes fewer than a combined batch: each push alone.
+                    self.learn_batch_limit(max);
                 }
             }
         }
@@ -323,6 +458,13 @@ impl Publisher {
                 {
                     Err(PublishFailure::AlreadyPartlyLogged)
                 }
+                Ok(CommitReply::Err { error })
+                    if error.error_code() == ErrorCode::ATOMIC_PUBLISH_TOO_LARGE_BATCH =>
+                {
+                    Err(PublishFailure::TooLarge(
+                        size_limit(&error.to_string()).unwrap_or(DEFAULT_SERVER_LIMIT),
+                    ))
+                }
                 Ok(CommitReply::Err { error }) => Err(failed(&error)),
                 Err(e) => Err(failed(&e)),
             };
@@ -373,17 +515,17 @@ async fn combine(publisher: Publisher, mut queue: mpsc::Receiver<Queued>) {
     loop {
         while carried.is_none() {
             let Ok(next) = queue.try_recv() else { break };
-            carried = group.add(next);
+            carried = group.add(next, publisher.combined_limit());
         }
         let overflowing = carried.is_some();
         if !group.pushes.is_empty()
             && (in_flight.is_empty() || (overflowing && in_flight.len() < COMBINED_IN_FLIGHT))
         {
             let pushes = std::mem::take(&mut group).pushes;
-            let publisher = publisher.clone();
-            in_flight.spawn(async move { publisher.publish_group(pushes).await });
+            let sender = publisher.clone();
+            in_flight.spawn(async move { sender.publish_group(pushes).await });
             if let Some(next) = carried.take() {
-                group.add(next);
+                group.add(next, publisher.combined_limit());
             }
             continue;
         }
@@ -395,11 +537,21 @@ async fn combine(publisher: Publisher, mut queue: mpsc::Receiver<Queued>) {
         tokio::select! {
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             next = queue.recv(), if open && carried.is_none() => match next {
-                Some(next) => carried = group.add(next),
+                Some(next) => carried = group.add(next, publisher.combined_limit()),
                 None => open = false,
             },
         }
     }
+}
+
+/// The limit in nats-server's refusal of a batch as too large ("atomic publish batch is
+/// too large: 1000 (code …)").
+fn size_limit(refusal: &str) -> Option<usize> {
+    let (_, rest) = refusal.split_once("too large: ")?;
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..digits].parse().ok()
 }
 
 /// Pushes to be published together.
@@ -410,14 +562,30 @@ struct Group {
 }
 
 impl Group {
-    /// Adds the push, or hands it back when the batch would grow past what JetStream
-    /// accepts.
-    fn add(&mut self, push: Queued) -> Option<Queued> {
-        if !self.pushes.is_empty() && self.events + push.events.len() > MAX_ATOMIC_BATCH {
+    /// Adds the push, or hands it back when the batch would grow past `limit` events.
+    fn add(&mut self, push: Queued, limit: usize) -> Option<Queued> {
+        if !self.pushes.is_empty() && self.events + push.events.len() > limit {
             return Some(push);
         }
         self.events += push.events.len();
         self.pushes.push(push);
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_limit;
+
+    #[test]
+    fn the_limit_is_read_from_the_servers_refusal() {
+        let refusal = "atomic publish batch is too large: 1000 (code 400, error code 10199)";
+        assert_eq!(size_limit(refusal), Some(1000));
+        assert_eq!(
+            size_limit("atomic publish batch is too large: 250"),
+            Some(250)
+        );
+        assert_eq!(size_limit("atomic publish batch is too large"), None);
+        assert_eq!(size_limit("too large: many"), None);
     }
 }

@@ -186,6 +186,16 @@ impl LogTail {
             .page(q)
     }
 
+    /// Which of `ids` are event ids of record changes in the window: all of them are in
+    /// the log.
+    pub fn logged(&self, ids: &[Uuid]) -> HashSet<Uuid> {
+        let window = self.0.window.read().unwrap_or_else(|e| e.into_inner());
+        ids.iter()
+            .filter(|id| window.event_ids.contains_key(id))
+            .copied()
+            .collect()
+    }
+
     /// Loads the private records as of the projector's checkpoint, then follows every
     /// message after it until the consumer fails.
     async fn follow_once(

@@ -154,8 +154,12 @@ pub struct Reply {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_on(TestNats::start().await).await
+    }
+
+    /// The system on a given nats-server (e.g. one with a stock configuration).
+    pub async fn spawn_on(nats: TestNats) -> Self {
         init_logging();
-        let nats = TestNats::start().await;
         let db = TestDb::create().await;
         let projector = RunningProjector::start(projector_config(
             &nats,
@@ -254,6 +258,32 @@ impl TestApp {
             }
         }
         panic!("the log has only {found} record changes")
+    }
+
+    /// The atomic batches the messages of the log were published in, in log order: each
+    /// batch's id (`Nats-Batch-Id`; empty for a message published on its own) and how
+    /// many consecutive messages carry it.
+    pub async fn log_batches(&self) -> Vec<(String, usize)> {
+        let js = self.nats.jetstream().await;
+        let stream = js
+            .get_stream(schemas::stream::DEFAULT_STREAM)
+            .await
+            .expect("stream exists");
+        let last = stream.cached_info().state.last_sequence;
+        let mut runs: Vec<(String, usize)> = Vec::new();
+        for seq in 1..=last {
+            let msg = stream.get_raw_message(seq).await.expect("message");
+            let batch = msg
+                .headers
+                .get(async_nats::header::NATS_BATCH_ID)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            match runs.last_mut() {
+                Some((id, n)) if *id == batch && !batch.is_empty() => *n += 1,
+                _ => runs.push((batch, 1)),
+            }
+        }
+        runs
     }
 
     /// Every message in the log stream.

@@ -1,5 +1,7 @@
 //! A nats-server per test: its own port and JetStream store directory, killed on drop.
 //! It can be stopped and restarted on the same port and store to simulate an outage.
+//! It runs with the JetStream limits every server of the log gets
+//! (`nats/log-limits.conf`), or with a stock server's defaults when a test asks.
 
 use std::{
     net::TcpListener,
@@ -14,6 +16,8 @@ pub struct TestNats {
     port: u16,
     store: TempDir,
     child: Option<Child>,
+    /// The configuration file it runs with, if any (in `store`).
+    config: Option<PathBuf>,
 }
 
 fn binary() -> PathBuf {
@@ -36,11 +40,31 @@ fn free_port() -> u16 {
 }
 
 impl TestNats {
+    /// A server configured as the log's servers are (`nats/log-limits.conf`).
     pub async fn start() -> Self {
+        let limits = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../nats/log-limits.conf");
+        let limits = std::fs::read_to_string(&limits)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", limits.display()));
+        Self::launch_with(Some(format!("jetstream {{\n{limits}\n}}\n"))).await
+    }
+
+    /// A server with nats-server's defaults (e.g. at most 1000 messages per atomic batch).
+    pub async fn start_stock() -> Self {
+        Self::launch_with(None).await
+    }
+
+    async fn launch_with(config: Option<String>) -> Self {
+        let store = tempfile::tempdir().expect("store dir");
+        let config = config.map(|text| {
+            let path = store.path().join("nats.conf");
+            std::fs::write(&path, text).expect("writing the nats-server config");
+            path
+        });
         let mut nats = Self {
             port: 0,
-            store: tempfile::tempdir().expect("store dir"),
+            store,
             child: None,
+            config,
         };
         for _ in 0..10 {
             nats.port = free_port();
@@ -57,7 +81,11 @@ impl TestNats {
 
     /// Starts the server process; false if it exited (port taken by a racing test).
     async fn launch(&mut self) -> bool {
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",

@@ -79,6 +79,36 @@ async fn a_resend_with_new_changes_added_lands_only_the_new_ones() {
     assert_eq!(ids, ["a", "b", "c"]);
 }
 
+/// The new changes of such a resend go in as one atomic batch, not one by one: the
+/// events the gateway's tail has seen in the log are left out of it.
+#[tokio::test]
+async fn the_new_changes_of_a_grown_resend_are_published_as_one_batch() {
+    let app = TestApp::spawn().await;
+    let change = |id: &str| json!({"table": "tasks", "id": id, "op": "insert", "data": {}});
+    let first = changes(json!([change("a"), change("b")]));
+    let reply = app.push("alice", "laptop", "todo", &first).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+
+    let grown = changes(json!([
+        change("a"),
+        change("b"),
+        change("c"),
+        change("d"),
+        change("e")
+    ]));
+    let reply = app.push("alice", "laptop", "todo", &grown).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(app.stream_messages().await, 5);
+    let batches = app.log_batches().await;
+    let sizes: Vec<usize> = batches.iter().map(|b| b.1).collect();
+    // Alice's personal space with a and b; then c, d and e together.
+    assert_eq!(sizes, [4, 3], "{batches:?}");
+    assert!(!batches[1].0.is_empty(), "c, d and e as one atomic batch");
+    let (seen, _) = app.pull_all("alice", "phone", "todo", "tasks", "").await;
+    let ids: Vec<_> = seen.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+}
+
 /// Concurrent pushes are published together (group commit). Each still lands whole and
 /// contiguous in the log, exactly once, also when resends are among them: a combined
 /// batch holding an event the log already has is published push by push instead.

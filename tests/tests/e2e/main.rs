@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod crash;
 mod idempotency;
+mod large_push;
 mod lww;
 mod outage;
 mod paging;
