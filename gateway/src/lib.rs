@@ -13,7 +13,7 @@ mod routes;
 pub mod store;
 pub mod tail;
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{collections::HashSet, future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use axum::{
@@ -105,6 +105,41 @@ impl AppState {
                 Ok(self.progress().read().await?)
             }
         }
+    }
+
+    /// Which of `ids` (events of the caller's push) are in the log, as far as this
+    /// gateway can tell, the log ending at `end`: those its tail has seen (once it has
+    /// seen `end`, or given up waiting) and those the change log holds, read as the
+    /// caller. A failed read only means fewer known.
+    pub(crate) async fn logged_events(
+        &self,
+        access: &Access,
+        ids: Vec<uuid::Uuid>,
+        end: u64,
+    ) -> HashSet<uuid::Uuid> {
+        let mut known = HashSet::new();
+        if let Some(tail) = &self.0.tail {
+            tail.wait_for(end, TAIL_WAIT).await;
+            known = tail.logged(&ids);
+        }
+        let rest: Vec<uuid::Uuid> = ids.into_iter().filter(|id| !known.contains(id)).collect();
+        if rest.is_empty() {
+            return known;
+        }
+        let projected = async {
+            let mut tx = store::begin_as(&self.0.pool, access).await?;
+            sqlx::query_scalar::<_, uuid::Uuid>(
+                "SELECT event_id FROM change_log WHERE event_id = ANY($1)",
+            )
+            .bind(&rest)
+            .fetch_all(&mut *tx)
+            .await
+        };
+        match projected.await {
+            Ok(found) => known.extend(found),
+            Err(e) => tracing::debug!(error = %e, "could not look up a resend's events"),
+        }
+        known
     }
 
     /// A page of what the caller may see after `since`, served from this gateway's tail
@@ -212,16 +247,6 @@ impl App {
                 config.tail_memory_mib.saturating_mul(1 << 20),
             )
         });
-        if let Some(tail) = &tail {
-            let tail = tail.clone();
-            log.know_logged_events(Arc::new(move |ids, end| {
-                let tail = tail.clone();
-                Box::pin(async move {
-                    tail.wait_for(end, TAIL_WAIT).await;
-                    tail.logged(&ids)
-                })
-            }));
-        }
         let listener = TcpListener::bind(config.listen)
             .await
             .context("binding the listener")?;

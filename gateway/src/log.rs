@@ -17,7 +17,7 @@
 use std::{
     collections::HashSet,
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -76,13 +76,12 @@ pub struct Log {
     disconnects: watch::Sender<u64>,
 }
 
-/// Which of some event ids the log is known to hold (by this gateway's tail, once it
-/// has seen the log up to the given position or given up waiting); the others may or
-/// may not be in it.
+/// Which of a push's event ids are known to be in the log, given the log's end (the
+/// gateway asks its tail and PostgreSQL); the others may or may not be.
 pub type LoggedIds = Arc<dyn Fn(Vec<Uuid>, u64) -> BoxFuture<'static, HashSet<Uuid>> + Send + Sync>;
 
-/// What publishes: the connection, the limit on atomic batches in flight, the server's
-/// limit on events per atomic batch once learned, and what tells logged events apart.
+/// What publishes: the connection, the limit on atomic batches in flight, and the
+/// server's limit on events per atomic batch once learned.
 #[derive(Clone)]
 struct Publisher {
     client: async_nats::Client,
@@ -90,13 +89,13 @@ struct Publisher {
     stream: String,
     batches: Arc<Semaphore>,
     batch_limit: Arc<AtomicUsize>,
-    logged: Arc<OnceLock<LoggedIds>>,
 }
 
 /// A push waiting for its events to be published: the answer is the position just
 /// before its first event when known, or why it failed.
 struct Queued {
     events: Vec<PreparedEvent>,
+    logged: Option<LoggedIds>,
     reply: oneshot::Sender<Result<Option<u64>, String>>,
 }
 
@@ -157,7 +156,6 @@ impl Log {
             stream: conn.stream.clone(),
             batches: Arc::new(Semaphore::new(ATOMIC_BATCHES_IN_FLIGHT)),
             batch_limit: Arc::new(AtomicUsize::new(LIMIT_UNKNOWN)),
-            logged: Arc::new(OnceLock::new()),
         };
         let (combiner, queue) = mpsc::channel(COMBINER_QUEUE);
         // Ends when every `Log` (so every sender) is gone.
@@ -173,12 +171,6 @@ impl Log {
 
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.publisher.js
-    }
-
-    /// Lets a resend that also carries new changes publish the new ones as one atomic
-    /// batch, leaving out the events `logged` knows to be in the log already.
-    pub fn know_logged_events(&self, logged: LoggedIds) {
-        let _ = self.publisher.logged.set(logged);
     }
 
     pub fn stream_name(&self) -> &str {
@@ -199,11 +191,19 @@ impl Log {
     /// batch (beyond it, atomically per that many). Any failure is a 503 and the client
     /// retries; the deterministic message ids make a retry land each event exactly once.
     ///
+    /// A resend that also carries new changes (some of its events are in the log) has
+    /// the new ones published as one atomic batch, leaving out those `logged` knows to
+    /// be in the log; without `logged`, or when it misses one, each goes on its own.
+    ///
     /// Returns the log position just before the push's first change when it is known
     /// (not for a resend JetStream recognised): every push acknowledged before this one
     /// arrived lies at or below it, so it bounds what read-your-writes must wait for
     /// without another round trip.
-    pub async fn publish_all(&self, events: Vec<PreparedEvent>) -> Result<Option<u64>, ApiError> {
+    pub async fn publish_all(
+        &self,
+        events: Vec<PreparedEvent>,
+        logged: Option<LoggedIds>,
+    ) -> Result<Option<u64>, ApiError> {
         if !self.connected() {
             return Err(ApiError::unavailable(LOG, "not connected"));
         }
@@ -226,7 +226,11 @@ impl Log {
             if events.len() <= self.publisher.combined_limit() {
                 // Through the combiner: published together with concurrent pushes.
                 let (reply, answer) = oneshot::channel();
-                let queued = Queued { events, reply };
+                let queued = Queued {
+                    events,
+                    logged,
+                    reply,
+                };
                 self.combiner
                     .send(queued)
                     .await
@@ -236,7 +240,7 @@ impl Log {
                     .map_err(|_| "the publisher has stopped".to_owned())?;
             }
             let events: Vec<&PreparedEvent> = events.iter().collect();
-            self.publisher.publish_push(&events).await
+            self.publisher.publish_push(&events, logged.as_ref()).await
         };
         match tokio::time::timeout(self.publish_timeout, publish).await {
             Ok(Ok(before)) => Ok(before),
@@ -252,7 +256,7 @@ impl Log {
     /// sequence of the last one.
     pub async fn publish_events(&self, events: Vec<PreparedEvent>) -> Result<u64, ApiError> {
         let n = events.len() as u64;
-        match self.publish_all(events).await? {
+        match self.publish_all(events, None).await? {
             Some(before) => Ok(before + n),
             // A resend: the events are in the log already, at or before its end.
             None => self.last_seq().await,
@@ -304,12 +308,16 @@ impl Publisher {
     /// says.
     ///
     /// [`publish_resend`]: Self::publish_resend
-    async fn publish_push(&self, events: &[&PreparedEvent]) -> Result<Option<u64>, String> {
+    async fn publish_push(
+        &self,
+        events: &[&PreparedEvent],
+        logged: Option<&LoggedIds>,
+    ) -> Result<Option<u64>, String> {
         if events.len() <= self.batch_limit() {
             match self.publish_atomic(events).await {
                 Ok(before) => return Ok(before),
                 Err(PublishFailure::AlreadyPartlyLogged) => {
-                    return self.publish_resend(events).await;
+                    return self.publish_resend(events, logged).await;
                 }
                 Err(PublishFailure::TooLarge(max)) if max < events.len() => {
                     self.learn_batch_limit(max);
@@ -321,7 +329,9 @@ impl Publisher {
         for (i, chunk) in events.chunks(self.batch_limit()).enumerate() {
             let before = match self.publish_atomic(chunk).await {
                 Ok(before) => before,
-                Err(PublishFailure::AlreadyPartlyLogged) => self.publish_resend(chunk).await?,
+                Err(PublishFailure::AlreadyPartlyLogged) => {
+                    self.publish_resend(chunk, logged).await?
+                }
                 Err(failure) => return Err(failure.why()),
             };
             if i == 0 {
@@ -335,11 +345,15 @@ impl Publisher {
     /// resend, perhaps with new changes added (a client's queue that grew while it
     /// waited for an answer it never got). The events known to be logged are left out
     /// and the rest published as one atomic batch; only when that still holds a logged
-    /// event (one the tail has not seen) does each event go on its own, deduplicated.
+    /// event (one `logged` did not know) does each event go on its own, deduplicated.
     /// Returns `None`: where the push's changes lie is not known.
-    async fn publish_resend(&self, events: &[&PreparedEvent]) -> Result<Option<u64>, String> {
+    async fn publish_resend(
+        &self,
+        events: &[&PreparedEvent],
+        logged: Option<&LoggedIds>,
+    ) -> Result<Option<u64>, String> {
         let mut known = HashSet::new();
-        if let Some(logged) = self.logged.get() {
+        if let Some(logged) = logged {
             // What the log holds now, the part of the resend that is in it included.
             let end = self
                 .js
@@ -405,7 +419,7 @@ impl Publisher {
         // Each push on its own.
         let each = group.into_iter().map(|queued| async move {
             let events: Vec<&PreparedEvent> = queued.events.iter().collect();
-            let result = self.publish_push(&events).await;
+            let result = self.publish_push(&events, queued.logged.as_ref()).await;
             let _ = queued.reply.send(result);
         });
         futures::future::join_all(each).await;

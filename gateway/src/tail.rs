@@ -63,6 +63,10 @@ struct Window {
     bytes: usize,
     /// The position of the entry holding each event id.
     event_ids: HashMap<Uuid, u64>,
+    /// The window's other events (membership events), by position: a resend may
+    /// repeat those too (the events creating a personal space on first use).
+    other_events: VecDeque<(u64, Uuid)>,
+    other_event_ids: HashSet<Uuid>,
     /// Records private to someone (as of the snapshot), or made private since, with the
     /// user who made them so (`None` when more than one user tried).
     private: HashMap<RecordKey, Option<String>>,
@@ -186,14 +190,13 @@ impl LogTail {
             .page(q)
     }
 
-    /// Which of `ids` are event ids of record changes in the window: all of them are in
-    /// the log.
+    /// Which of `ids` are ids of events in the window: all of them are in the log.
     pub fn logged(&self, ids: &[Uuid]) -> HashSet<Uuid> {
-        let window = self.0.window.read().unwrap_or_else(|e| e.into_inner());
-        ids.iter()
-            .filter(|id| window.event_ids.contains_key(id))
-            .copied()
-            .collect()
+        self.0
+            .window
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .logged(ids)
     }
 
     /// Loads the private records as of the projector's checkpoint, then follows every
@@ -230,9 +233,16 @@ impl LogTail {
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .stream_sequence;
             let mut window = self.write();
-            if let Some((entry, visibility)) = Entry::read(seq, &msg.subject, &msg.payload) {
-                window.push(entry, visibility.as_deref());
-                window.evict(self.0.max_events, self.0.max_bytes);
+            match Entry::read(seq, &msg.subject, &msg.payload) {
+                Some((entry, visibility)) => {
+                    window.push(entry, visibility.as_deref());
+                    window.evict(self.0.max_events, self.0.max_bytes);
+                }
+                None => {
+                    if let Some(id) = leading_event_id(&msg.payload) {
+                        window.push_other(seq, id);
+                    }
+                }
             }
             window.end = seq;
             drop(window);
@@ -254,6 +264,8 @@ impl Window {
             entries: VecDeque::new(),
             bytes: 0,
             event_ids: HashMap::new(),
+            other_events: VecDeque::new(),
+            other_event_ids: HashSet::new(),
             private: HashMap::new(),
         }
     }
@@ -344,6 +356,19 @@ impl Window {
         self.entries.push_back(Arc::new(entry));
     }
 
+    /// Another event of the log (not a record change) at `seq`.
+    fn push_other(&mut self, seq: u64, id: Uuid) {
+        self.other_events.push_back((seq, id));
+        self.other_event_ids.insert(id);
+    }
+
+    fn logged(&self, ids: &[Uuid]) -> HashSet<Uuid> {
+        ids.iter()
+            .filter(|id| self.event_ids.contains_key(id) || self.other_event_ids.contains(id))
+            .copied()
+            .collect()
+    }
+
     fn entry_at(&self, seq: u64) -> Option<&Arc<Entry>> {
         let i = self.entries.partition_point(|e| e.seq < seq);
         self.entries.get(i).filter(|e| e.seq == seq)
@@ -360,6 +385,12 @@ impl Window {
                 self.event_ids.remove(&old.event_id);
             }
             self.start = old.seq;
+        }
+        while let Some(&(seq, id)) = self.other_events.front()
+            && seq <= self.start
+        {
+            self.other_events.pop_front();
+            self.other_event_ids.remove(&id);
         }
     }
 }
@@ -632,6 +663,30 @@ mod tests {
         // The byte budget evicts too, keeping at least one change.
         w.evict(usize::MAX, 1);
         assert_eq!((w.start, w.entries.len()), (19, 1));
+    }
+
+    #[test]
+    fn the_window_knows_the_ids_of_its_events_until_they_are_evicted() {
+        let mut w = Window::empty(0);
+        let change = entry(1, "a", "u1", "tasks");
+        let change_id = change.event_id;
+        w.push(change, None);
+        let membership = Uuid::new_v4();
+        w.push_other(2, membership);
+        w.push(entry(3, "a", "u1", "tasks"), None);
+        let never = Uuid::new_v4();
+        let known = w.logged(&[change_id, membership, never]);
+        assert_eq!(known, HashSet::from([change_id, membership]));
+        // Evicting the first change leaves the membership event after it.
+        w.evict(1, usize::MAX);
+        assert_eq!(
+            w.logged(&[change_id, membership]),
+            HashSet::from([membership])
+        );
+        // Evicting the change after it passes it too.
+        w.push(entry(4, "a", "u1", "tasks"), None);
+        w.evict(1, usize::MAX);
+        assert!(w.logged(&[membership]).is_empty());
     }
 
     #[test]

@@ -69,7 +69,14 @@ pub async fn push(
     let before = if events.is_empty() {
         None
     } else {
-        state.log().publish_all(events).await?
+        let logged: crate::log::LoggedIds = {
+            let (state, access) = (state.clone(), access.clone());
+            std::sync::Arc::new(move |ids, end| {
+                let (state, access) = (state.clone(), access.clone());
+                Box::pin(async move { state.logged_events(&access, ids, end).await })
+            })
+        };
+        state.log().publish_all(events, Some(logged)).await?
     };
     let arrived_at = match before {
         Some(position) => position,
