@@ -33,4 +33,15 @@ pub struct Config {
     /// Most events applied in one transaction.
     #[arg(long, env = "PROJECTOR_BATCH", default_value_t = 1000)]
     pub batch_size: usize,
+    /// Under load (a batch already holding dozens of events), how long, in
+    /// milliseconds, a batch may wait for more events to fill up: bigger transactions
+    /// cost far less per event. A lone write is never held back. 0 never waits.
+    #[arg(long, env = "PROJECTOR_LINGER_MS", default_value_t = 4)]
+    pub linger_ms: u64,
+}
+
+impl Config {
+    pub fn linger(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.linger_ms)
+    }
 }

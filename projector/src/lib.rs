@@ -205,7 +205,7 @@ impl Projector {
         tracing::info!(checkpoint, "projector consuming");
         loop {
             let batch = tokio::select! {
-                batch = consumer::next_batch(&mut messages, self.config.batch_size) => batch?,
+                batch = consumer::next_batch(&mut messages, self.config.batch_size, self.config.linger()) => batch?,
                 () = stopped(stop.clone()) => return Ok(()),
             };
             // Not raced against shutdown: the batch in flight is finished.

@@ -83,6 +83,7 @@ pub fn projector_config(nats: &TestNats, db: &TestDb, name: &str) -> projector::
         conn: connections(nats, db),
         name: name.to_owned(),
         batch_size: 1000,
+        linger_ms: 4,
     }
 }
 
