@@ -63,10 +63,11 @@ struct Window {
     bytes: usize,
     /// The position of the entry holding each event id.
     event_ids: HashMap<Uuid, u64>,
-    /// The window's other events (membership events), by position: a resend may
-    /// repeat those too (the events creating a personal space on first use).
+    /// The window's other events (membership events) in log order, and the position
+    /// of each id: a resend may repeat those too (the events creating a personal space
+    /// on first use).
     other_events: VecDeque<(u64, Uuid)>,
-    other_event_ids: HashSet<Uuid>,
+    other_event_ids: HashMap<Uuid, u64>,
     /// Records private to someone (as of the snapshot), or made private since, with the
     /// user who made them so (`None` when more than one user tried).
     private: HashMap<RecordKey, Option<String>>,
@@ -241,6 +242,7 @@ impl LogTail {
                 None => {
                     if let Some(id) = leading_event_id(&msg.payload) {
                         window.push_other(seq, id);
+                        window.evict(self.0.max_events, self.0.max_bytes);
                     }
                 }
             }
@@ -265,7 +267,7 @@ impl Window {
             bytes: 0,
             event_ids: HashMap::new(),
             other_events: VecDeque::new(),
-            other_event_ids: HashSet::new(),
+            other_event_ids: HashMap::new(),
             private: HashMap::new(),
         }
     }
@@ -359,12 +361,12 @@ impl Window {
     /// Another event of the log (not a record change) at `seq`.
     fn push_other(&mut self, seq: u64, id: Uuid) {
         self.other_events.push_back((seq, id));
-        self.other_event_ids.insert(id);
+        self.other_event_ids.insert(id, seq);
     }
 
     fn logged(&self, ids: &[Uuid]) -> HashSet<Uuid> {
         ids.iter()
-            .filter(|id| self.event_ids.contains_key(id) || self.other_event_ids.contains(id))
+            .filter(|id| self.event_ids.contains_key(id) || self.other_event_ids.contains_key(id))
             .copied()
             .collect()
     }
@@ -386,11 +388,15 @@ impl Window {
             }
             self.start = old.seq;
         }
+        // Other events go with the changes before them, and are never more than
+        // `max_events` either.
         while let Some(&(seq, id)) = self.other_events.front()
-            && seq <= self.start
+            && (seq <= self.start || self.other_events.len() > max_events)
         {
             self.other_events.pop_front();
-            self.other_event_ids.remove(&id);
+            if self.other_event_ids.get(&id) == Some(&seq) {
+                self.other_event_ids.remove(&id);
+            }
         }
     }
 }

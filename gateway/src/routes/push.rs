@@ -1,6 +1,8 @@
 //! `POST /sync/{appId}`: validate and authorize the whole batch, publish every change
 //! with acknowledgement, answer with what else changed since the client's cursor.
 
+use std::sync::Arc;
+
 use axum::{
     Json,
     body::Bytes,
@@ -14,7 +16,7 @@ use ingest::{Access, PreparedEvent, PushContext};
 use schemas::Event;
 use schemas::wire::PAGE_SIZE;
 
-use crate::{AppState, auth::AuthUser, error::ApiError, routes, tail::TailQuery};
+use crate::{AppState, auth::AuthUser, error::ApiError, log::LoggedIds, routes, tail::TailQuery};
 
 #[tracing::instrument(skip_all, fields(user = %user.user_id, app = %app, changes))]
 pub async fn push(
@@ -48,7 +50,8 @@ pub async fn push(
     let since = schemas::Since::parse(request.since.as_deref())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
 
-    let access = state.access(&user.user_id).await?;
+    // Shared with the publisher, which asks which events are logged only for a resend.
+    let access = Arc::new(state.access(&user.user_id).await?);
     let mut events = ingest::prepare_batch(
         PushContext {
             access: &access,
@@ -69,10 +72,10 @@ pub async fn push(
     let before = if events.is_empty() {
         None
     } else {
-        let logged: crate::log::LoggedIds = {
-            let (state, access) = (state.clone(), access.clone());
-            std::sync::Arc::new(move |ids, end| {
-                let (state, access) = (state.clone(), access.clone());
+        let logged: LoggedIds = {
+            let (state, access) = (state.clone(), Arc::clone(&access));
+            Arc::new(move |ids, end| {
+                let (state, access) = (state.clone(), Arc::clone(&access));
                 Box::pin(async move { state.logged_events(&access, ids, end).await })
             })
         };
