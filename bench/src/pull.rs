@@ -1,7 +1,7 @@
 //! Pull latency of full 1000-row pages at random positions of a large table, through
 //! the gateway and, interleaved with it, the same page query run directly with sqlx.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::LazyLock, time::Duration};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
@@ -27,16 +27,9 @@ pub struct Dataset {
     seqs: Vec<i64>,
 }
 
-/// The page query of the gateway's store (`gateway/src/store.rs`, one space, one table),
-/// copied so the baseline runs exactly what the gateway runs.
-const PAGE_SQL: &str = "SELECT c.* FROM unnest($1::text[]) AS s(space_id) \
-     CROSS JOIN LATERAL ( \
-        SELECT seq, event_id, table_name, record_id, op, at, data, fields, space_id, user_id, \
-               actor, origin, schema_version FROM change_log \
-        WHERE space_id = s.space_id AND app_id = $2 AND table_name = $6 AND seq > $3 AND seq <= $4 \
-          AND NOT (client_id = $7 AND user_id = $8) \
-        ORDER BY seq LIMIT $5 \
-     ) c ORDER BY c.seq LIMIT $5";
+/// The page query of the gateway's store (one table), so the baseline runs exactly
+/// what the gateway runs.
+static PAGE_SQL: LazyLock<String> = LazyLock::new(|| gateway::store::page_sql(true));
 
 /// Loads `rows` rows into one user's table through the gateway (`loaders` devices of
 /// that user pushing batches of `per_batch` concurrently), and waits until projected.
@@ -219,7 +212,7 @@ async fn raw_page(
     after: u64,
     upto: u64,
 ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
-    sqlx::query(PAGE_SQL)
+    sqlx::query(&PAGE_SQL)
         .bind(spaces)
         .bind(APP)
         .bind(after as i64)

@@ -9,6 +9,7 @@ mod large_push;
 mod lww;
 mod outage;
 mod paging;
+mod plans;
 mod poison;
 mod push_pull;
 mod tail;
