@@ -240,40 +240,42 @@ impl TestApp {
             .await
     }
 
-    /// The `n`-th (from 1) record-change message of the log.
-    pub async fn change_message(&self, n: usize) -> async_nats::jetstream::message::StreamMessage {
+    /// Every message of the log, in order.
+    pub async fn log_messages(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
         let js = self.nats.jetstream().await;
         let stream = js
             .get_stream(schemas::stream::DEFAULT_STREAM)
             .await
             .expect("stream exists");
         let last = stream.cached_info().state.last_sequence;
-        let mut found = 0;
+        let mut messages = Vec::new();
         for seq in 1..=last {
-            let msg = stream.get_raw_message(seq).await.expect("message");
-            if msg.subject.starts_with("sync.") {
-                found += 1;
-                if found == n {
-                    return msg;
-                }
-            }
+            messages.push(stream.get_raw_message(seq).await.expect("message"));
         }
-        panic!("the log has only {found} record changes")
+        messages
+    }
+
+    /// The `n`-th (from 1) record-change message of the log.
+    pub async fn change_message(&self, n: usize) -> async_nats::jetstream::message::StreamMessage {
+        let changes: Vec<_> = self
+            .log_messages()
+            .await
+            .into_iter()
+            .filter(|m| m.subject.starts_with("sync."))
+            .collect();
+        let found = changes.len();
+        changes
+            .into_iter()
+            .nth(n - 1)
+            .unwrap_or_else(|| panic!("the log has only {found} record changes"))
     }
 
     /// The atomic batches the messages of the log were published in, in log order: each
     /// batch's id (`Nats-Batch-Id`; empty for a message published on its own) and how
     /// many consecutive messages carry it.
     pub async fn log_batches(&self) -> Vec<(String, usize)> {
-        let js = self.nats.jetstream().await;
-        let stream = js
-            .get_stream(schemas::stream::DEFAULT_STREAM)
-            .await
-            .expect("stream exists");
-        let last = stream.cached_info().state.last_sequence;
         let mut runs: Vec<(String, usize)> = Vec::new();
-        for seq in 1..=last {
-            let msg = stream.get_raw_message(seq).await.expect("message");
+        for msg in self.log_messages().await {
             let batch = msg
                 .headers
                 .get(async_nats::header::NATS_BATCH_ID)

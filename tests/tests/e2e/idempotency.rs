@@ -182,18 +182,12 @@ async fn pushes_overflowing_one_batch_land_whole_and_once() {
 
 /// Every push's record changes (ids `<push>-<k>`) sit next to each other in the log.
 async fn assert_pushes_contiguous(app: &TestApp, pushes: usize, changes: usize) {
-    let js = app.nats.jetstream().await;
-    let stream = js
-        .get_stream(schemas::stream::DEFAULT_STREAM)
-        .await
-        .unwrap();
     let mut seen: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
-    for seq in 1..=stream.cached_info().state.last_sequence {
-        let msg = stream.get_raw_message(seq).await.unwrap();
+    for msg in app.log_messages().await {
         let env: schemas::Envelope = serde_json::from_slice(&msg.payload).unwrap();
         if let schemas::Event::RecordChanged(rc) = env.event {
             let push = rc.record_id.rsplit_once('-').unwrap().0.to_owned();
-            seen.entry(push).or_default().push(seq);
+            seen.entry(push).or_default().push(msg.sequence);
         }
     }
     assert_eq!(seen.len(), pushes);

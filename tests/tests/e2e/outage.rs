@@ -137,17 +137,9 @@ async fn a_push_is_stored_as_one_atomic_batch() {
             .status,
         StatusCode::OK
     );
-    let js = app.nats.jetstream().await;
-    let stream = js
-        .get_stream(schemas::stream::DEFAULT_STREAM)
-        .await
-        .unwrap();
-    let mut batch_ids = std::collections::HashSet::new();
-    for seq in 1..=5 {
-        let msg = stream.get_raw_message(seq).await.unwrap();
-        let headers = msg.headers;
-        batch_ids.insert(headers.get("Nats-Batch-Id").map(|v| v.to_string()));
-    }
-    assert_eq!(batch_ids.len(), 1, "{batch_ids:?}");
-    assert!(batch_ids.iter().all(Option::is_some), "{batch_ids:?}");
+    // One batch: the five changes, after the two events creating alice's personal space.
+    let batches = app.log_batches().await;
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(batches[0].1, 7, "{batches:?}");
+    assert!(!batches[0].0.is_empty(), "{batches:?}");
 }
