@@ -70,7 +70,17 @@ impl AppState {
     }
 
     /// What the caller may read and write at this moment (503 if that cannot be known).
+    /// While the membership view is not following the log (starting, reconnecting),
+    /// access comes from PostgreSQL's projection, once that holds the log as of this
+    /// request: a membership change logged before it (a removal above all) holds for it,
+    /// however far behind the projector was. With NATS unreachable the projection is
+    /// read as it stands.
     pub(crate) async fn access(&self, user_id: &str) -> Result<Access, ApiError> {
+        if !self.memberships().is_live()
+            && let Ok(end) = self.log().last_seq().await
+        {
+            self.wait_for_position(end).await?;
+        }
         self.memberships().access(user_id).await
     }
 
