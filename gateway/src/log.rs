@@ -71,7 +71,6 @@ const LOG: &str = "the log (NATS)";
 pub struct Log {
     publisher: Publisher,
     combiner: mpsc::Sender<Queued>,
-    stream: String,
     publish_timeout: Duration,
     disconnects: watch::Sender<u64>,
 }
@@ -163,7 +162,6 @@ impl Log {
         Ok(Self {
             publisher,
             combiner,
-            stream: conn.stream.clone(),
             publish_timeout,
             disconnects,
         })
@@ -174,7 +172,7 @@ impl Log {
     }
 
     pub fn stream_name(&self) -> &str {
-        &self.stream
+        &self.publisher.stream
     }
 
     /// Ticks each time the connection to NATS drops.
@@ -268,18 +266,24 @@ impl Log {
         if !self.connected() {
             return Err(ApiError::unavailable(LOG, "not connected"));
         }
-        let stream = tokio::time::timeout(
-            self.publish_timeout,
-            self.publisher.js.get_stream(&self.stream),
-        )
-        .await
-        .map_err(|_| ApiError::unavailable(LOG, "stream info timed out"))?
-        .map_err(|e| ApiError::unavailable(LOG, e))?;
-        Ok(stream.cached_info().state.last_sequence)
+        tokio::time::timeout(self.publish_timeout, self.publisher.log_end())
+            .await
+            .map_err(|_| ApiError::unavailable(LOG, "stream info timed out"))?
+            .map_err(|e| ApiError::unavailable(LOG, e))
     }
 }
 
 impl Publisher {
+    /// The sequence of the last event in the log.
+    async fn log_end(&self) -> Result<u64, String> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(stream.cached_info().state.last_sequence)
+    }
+
     /// The server's limit on events per atomic batch, as far as known.
     fn batch_limit(&self) -> usize {
         self.batch_limit.load(Ordering::Relaxed)
@@ -355,14 +359,7 @@ impl Publisher {
         let mut known = HashSet::new();
         if let Some(logged) = logged {
             // What the log holds now, the part of the resend that is in it included.
-            let end = self
-                .js
-                .get_stream(&self.stream)
-                .await
-                .map_err(|e| e.to_string())?
-                .cached_info()
-                .state
-                .last_sequence;
+            let end = self.log_end().await?;
             known = logged(events.iter().map(|e| e.envelope.event_id).collect(), end).await;
         }
         let rest: Vec<&PreparedEvent> = events
