@@ -21,7 +21,8 @@
 
 use std::{
     borrow::Cow,
-    collections::{HashMap, HashSet, VecDeque},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
     sync::{Arc, OnceLock, RwLock},
     time::Duration,
 };
@@ -60,6 +61,9 @@ struct Window {
     start: u64,
     end: u64,
     entries: VecDeque<Arc<Entry>>,
+    /// The same entries by space (its subject token), each list in log order: a read
+    /// visits the caller's spaces' changes, not everything the window holds.
+    by_space: HashMap<String, VecDeque<Arc<Entry>>>,
     bytes: usize,
     /// The position of the entry holding each event id.
     event_ids: HashMap<Uuid, u64>,
@@ -264,6 +268,7 @@ impl Window {
             start: at,
             end: at,
             entries: VecDeque::new(),
+            by_space: HashMap::new(),
             bytes: 0,
             event_ids: HashMap::new(),
             other_events: VecDeque::new(),
@@ -290,16 +295,13 @@ impl Window {
         let spaces: HashSet<String> = q.spaces.iter().map(|s| escape_token(s)).collect();
         let app = escape_token(q.app_id);
         let table = q.table.map(escape_token);
-        let first = self.entries.partition_point(|e| e.seq <= q.after);
+        let lists = spaces.iter().filter_map(|s| self.by_space.get(s));
         let mut entries = Vec::new();
-        for e in self.entries.range(first..) {
-            let Some((space_token, app_token, table_token)) = e.subject_tokens() else {
+        for e in merged_after(lists, q.after) {
+            let Some((_, app_token, table_token)) = e.subject_tokens() else {
                 continue;
             };
-            let in_query = app_token == app
-                && table.as_deref().is_none_or(|t| t == table_token)
-                && spaces.contains(space_token);
-            if !in_query {
+            if app_token != app || table.as_deref().is_some_and(|t| t != table_token) {
                 continue;
             }
             if let Some((client, user)) = q.exclude
@@ -355,7 +357,17 @@ impl Window {
         }
         self.event_ids.insert(entry.event_id, entry.seq);
         self.bytes += entry.size();
-        self.entries.push_back(Arc::new(entry));
+        let entry = Arc::new(entry);
+        if let Some((space, _, _)) = entry.subject_tokens() {
+            match self.by_space.get_mut(space) {
+                Some(list) => list.push_back(Arc::clone(&entry)),
+                None => {
+                    let list = VecDeque::from([Arc::clone(&entry)]);
+                    self.by_space.insert(space.to_owned(), list);
+                }
+            }
+        }
+        self.entries.push_back(entry);
     }
 
     /// Another event of the log (not a record change) at `seq`.
@@ -383,6 +395,15 @@ impl Window {
                 break;
             };
             self.bytes -= old.size();
+            // Evicted in log order: the oldest of its space too.
+            if let Some((space, _, _)) = old.subject_tokens()
+                && let Some(list) = self.by_space.get_mut(space)
+            {
+                list.pop_front();
+                if list.is_empty() {
+                    self.by_space.remove(space);
+                }
+            }
             if self.event_ids.get(&old.event_id) == Some(&old.seq) {
                 self.event_ids.remove(&old.event_id);
             }
@@ -399,6 +420,31 @@ impl Window {
             }
         }
     }
+}
+
+/// The entries of `lists` (each in log order) after position `after`, merged in log
+/// order.
+fn merged_after<'w>(
+    lists: impl Iterator<Item = &'w VecDeque<Arc<Entry>>>,
+    after: u64,
+) -> impl Iterator<Item = &'w Arc<Entry>> {
+    let lists: Vec<&VecDeque<Arc<Entry>>> = lists.collect();
+    // The next entry of each list, earliest first: (its position, list, index in list).
+    let mut next: BinaryHeap<Reverse<(u64, usize, usize)>> = lists
+        .iter()
+        .enumerate()
+        .filter_map(|(l, list)| {
+            let i = list.partition_point(|e| e.seq <= after);
+            list.get(i).map(|e| Reverse((e.seq, l, i)))
+        })
+        .collect();
+    std::iter::from_fn(move || {
+        let Reverse((_, l, i)) = next.pop()?;
+        if let Some(e) = lists[l].get(i + 1) {
+            next.push(Reverse((e.seq, l, i + 1)));
+        }
+        lists[l].get(i)
+    })
 }
 
 impl Entry {
@@ -652,6 +698,51 @@ mod tests {
         q.after = 17;
         let page = w.page(&q).expect("in the window");
         assert_eq!((seqs(&page), page.has_more), (vec![18, 19, 20], false));
+    }
+
+    #[test]
+    fn reads_merge_the_callers_spaces_in_log_order_and_eviction_keeps_them_in_step() {
+        let mut w = Window::empty(0);
+        for seq in 1..=40u64 {
+            // Space `b` only at first, then `a`, `c` and `d` unevenly interleaved.
+            let space = if seq <= 5 {
+                "b"
+            } else {
+                ["a", "c", "d"][(seq * 7 % 5 % 3) as usize]
+            };
+            w.push(entry(seq, space, "u1", "tasks"), None);
+            w.end = seq;
+        }
+        let asked = ["a", "c", "d", "never"].map(str::to_owned);
+        // What a scan of the whole window in log order finds.
+        let scanned = |w: &Window, after: u64| -> Vec<u64> {
+            w.entries
+                .iter()
+                .filter(|e| e.seq > after)
+                .filter(|e| e.change().is_some_and(|c| c.space_id != "b"))
+                .map(|e| e.seq)
+                .collect()
+        };
+        for after in [0, 5, 17, 39] {
+            let page = w.page(&query(&asked, after, "u1")).expect("in the window");
+            assert_eq!(seqs(&page), scanned(&w, after), "after {after}");
+        }
+        assert_eq!(scanned(&w, 0).len(), 35);
+
+        w.evict(10, usize::MAX);
+        assert_eq!(w.start, 30);
+        assert!(
+            !w.by_space.contains_key("b"),
+            "a space with nothing left is dropped"
+        );
+        let listed: Vec<u64> = {
+            let mut all: Vec<u64> = w.by_space.values().flatten().map(|e| e.seq).collect();
+            all.sort_unstable();
+            all
+        };
+        assert_eq!(listed, (31..=40).collect::<Vec<_>>());
+        let page = w.page(&query(&asked, 30, "u1")).expect("in the window");
+        assert_eq!(seqs(&page), scanned(&w, 30));
     }
 
     #[test]
