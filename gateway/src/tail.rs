@@ -16,8 +16,9 @@
 //!   table, the caller's own client left out;
 //! - it declines (the caller reads PostgreSQL instead) when the cursor is older than
 //!   the window, is a legacy timestamp, when the tail is not following the log, or when
-//!   a change in the page belongs to a record that is private, or was made private
-//!   since the snapshot, by anyone but the caller.
+//!   a change in the page belongs to a record that is, or may be, private to anyone
+//!   but the caller (records private before the window are only known to be private,
+//!   not by whom: their reads go to PostgreSQL, the author's too).
 
 use std::{
     borrow::Cow,
@@ -28,7 +29,8 @@ use std::{
 };
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
-use futures::StreamExt as _;
+use fastbloom::BloomFilter;
+use futures::{StreamExt as _, TryStreamExt as _};
 use schemas::{Cursor, Event, RecordChanged, subject::escape_token, wire::ServerChangeView};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -72,9 +74,8 @@ struct Window {
     /// on first use).
     other_events: VecDeque<(u64, Uuid)>,
     other_event_ids: HashMap<Uuid, u64>,
-    /// Records private to someone (as of the snapshot), or made private since, with the
-    /// user who made them so (`None` when more than one user tried).
-    private: HashMap<RecordKey, Option<String>>,
+    /// Records that are, or may be, private to someone.
+    private: PrivateRecords,
 }
 
 /// A message on a record-change subject. It is decoded when a read first needs it
@@ -273,7 +274,7 @@ impl Window {
             event_ids: HashMap::new(),
             other_events: VecDeque::new(),
             other_event_ids: HashMap::new(),
-            private: HashMap::new(),
+            private: PrivateRecords::new(0),
         }
     }
 
@@ -312,10 +313,7 @@ impl Window {
             let Some(c) = e.change() else {
                 continue;
             };
-            if !self.private.is_empty()
-                && let Some(author) = self.private.get(&c.key())
-                && author.as_deref() != Some(q.caller)
-            {
+            if self.private.hides(c, q.caller) {
                 // Private to someone else, or may be: only PostgreSQL knows for sure.
                 return None;
             }
@@ -340,14 +338,7 @@ impl Window {
         if visibility == Some(PRIVATE)
             && let Some(c) = entry.change()
         {
-            self.private
-                .entry(c.key())
-                .and_modify(|by| {
-                    if by.as_deref() != Some(c.user_id.as_str()) {
-                        *by = None;
-                    }
-                })
-                .or_insert_with(|| Some(c.user_id.clone()));
+            self.private.made_private(c.key(), &c.user_id, entry.seq);
         }
         if let Some(&earlier) = self.event_ids.get(&entry.event_id)
             && self.entry_at(earlier).is_some_and(|e| e.change().is_some())
@@ -409,6 +400,7 @@ impl Window {
             }
             self.start = old.seq;
         }
+        self.private.window_starts_at(self.start);
         // Other events go with the changes before them, and are never more than
         // `max_events` either.
         while let Some(&(seq, id)) = self.other_events.front()
@@ -417,6 +409,91 @@ impl Window {
             self.other_events.pop_front();
             if self.other_event_ids.get(&id) == Some(&seq) {
                 self.other_event_ids.remove(&id);
+            }
+        }
+    }
+}
+
+/// Records that are, or may be, private to someone: a read holding a change of one
+/// (other than the caller's own, when that is known for sure) is left to PostgreSQL.
+struct PrivateRecords {
+    /// Made private by a change still in the window, with who made them so (`None` when
+    /// more than one user did) and the last position that did.
+    recent: HashMap<RecordKey, (Option<String>, u64)>,
+    /// Those changes in log order, to move their records to `earlier` as they leave.
+    order: VecDeque<(u64, RecordKey)>,
+    /// Every other record that is or was private: as of the snapshot, or made so by a
+    /// change the window no longer holds. A Bloom filter, so each costs about two bytes
+    /// instead of its key; a false positive only sends a read to PostgreSQL.
+    earlier: BloomFilter,
+    /// Records added to `earlier`.
+    earlier_count: usize,
+}
+
+impl PrivateRecords {
+    /// Room for `expected` records in the filter at a 0.1% false positive rate; more
+    /// fit, at a higher rate.
+    fn new(expected: usize) -> Self {
+        let room = expected.saturating_add(expected / 2).max(65_536);
+        Self {
+            recent: HashMap::new(),
+            order: VecDeque::new(),
+            earlier: BloomFilter::with_false_pos(0.001).expected_items(room),
+            earlier_count: 0,
+        }
+    }
+
+    /// A record private as of the snapshot.
+    fn private_before(&mut self, key: &RecordKey) {
+        self.earlier.insert(key);
+        self.earlier_count += 1;
+    }
+
+    /// `user` made the record private by the change at `seq`.
+    fn made_private(&mut self, key: RecordKey, user: &str, seq: u64) {
+        self.order.push_back((seq, key.clone()));
+        self.recent
+            .entry(key)
+            .and_modify(|(by, at)| {
+                if by.as_deref() != Some(user) {
+                    *by = None;
+                }
+                *at = seq;
+            })
+            .or_insert_with(|| (Some(user.to_owned()), seq));
+    }
+
+    /// Whether `change`'s record is, or may be, private to someone other than `caller`.
+    fn hides(&self, change: &Change, caller: &str) -> bool {
+        // Hashes like the owned key (a `String` hashes as its `str`).
+        let key = (
+            change.space_id.as_str(),
+            change.app_id.as_str(),
+            change.table.as_str(),
+            change.record_id.as_str(),
+        );
+        if self.earlier_count > 0 && self.earlier.contains(&key) {
+            return true;
+        }
+        !self.recent.is_empty()
+            && self
+                .recent
+                .get(&change.key())
+                .is_some_and(|(by, _)| by.as_deref() != Some(caller))
+    }
+
+    /// The window now holds only what lies after `start`: records made private before
+    /// it are kept in the filter only.
+    fn window_starts_at(&mut self, start: u64) {
+        while let Some((seq, _)) = self.order.front()
+            && *seq <= start
+        {
+            let Some((seq, key)) = self.order.pop_front() else {
+                break;
+            };
+            if self.recent.get(&key).is_some_and(|(_, at)| *at == seq) {
+                self.recent.remove(&key);
+                self.private_before(&key);
             }
         }
     }
@@ -577,27 +654,28 @@ impl Change {
     }
 }
 
-/// Records private to someone as of the projector's checkpoint, read in one snapshot.
-async fn load_private(
-    pool: &PgPool,
-    projector: &str,
-) -> anyhow::Result<(HashMap<RecordKey, Option<String>>, u64)> {
+/// Records private to someone as of the projector's checkpoint, read in one snapshot
+/// (row by row, into the filter).
+async fn load_private(pool: &PgPool, projector: &str) -> anyhow::Result<(PrivateRecords, u64)> {
     let (mut tx, checkpoint) = snapshot_at_checkpoint(pool, projector).await?;
-    let rows = sqlx::query(
-        "SELECT space_id, app_id, table_name, record_id, author_id FROM record_visibility \
-         WHERE visibility = $1",
-    )
-    .bind(PRIVATE)
-    .fetch_all(&mut *tx)
-    .await?;
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM record_visibility WHERE visibility = $1")
+            .bind(PRIVATE)
+            .fetch_one(&mut *tx)
+            .await?;
+    let mut private = PrivateRecords::new(usize::try_from(count).unwrap_or(0));
+    {
+        let mut rows = sqlx::query(
+            "SELECT space_id, app_id, table_name, record_id FROM record_visibility \
+             WHERE visibility = $1",
+        )
+        .bind(PRIVATE)
+        .fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await? {
+            private.private_before(&(row.get(0), row.get(1), row.get(2), row.get(3)));
+        }
+    }
     tx.commit().await?;
-    let private = rows
-        .iter()
-        .map(|r| {
-            let key = (r.get(0), r.get(1), r.get(2), r.get(3));
-            (key, Some(r.get::<String, _>(4)))
-        })
-        .collect();
     Ok((private, checkpoint))
 }
 
@@ -912,6 +990,52 @@ mod tests {
         assert_eq!(
             seqs(&w.page(&query(&a, 0, "u2")).expect("in the window")),
             [2]
+        );
+    }
+
+    #[test]
+    fn records_made_private_are_remembered_after_their_change_leaves_the_window() {
+        let mut w = window();
+        let a = vec!["a".to_owned()];
+        // u1 makes its record r12 private at 21.
+        w.push(record(21, "a", "u1", "tasks", "r12"), Some(PRIVATE));
+        w.end = 21;
+        assert!(w.page(&query(&a, 10, "u1")).is_some(), "its author's read");
+        assert!(w.page(&query(&a, 10, "u2")).is_none());
+        // That change leaves the window; a later change of the record is in it.
+        w.push(record(22, "a", "u1", "tasks", "r12"), None);
+        w.end = 22;
+        w.evict(1, usize::MAX);
+        assert_eq!(w.start, 21);
+        assert!(w.private.recent.is_empty() && w.private.order.is_empty());
+        // Only the filter remembers the record, not who made it private: PostgreSQL
+        // answers everyone whose page holds it.
+        assert!(w.page(&query(&a, 21, "u2")).is_none());
+        assert!(w.page(&query(&a, 21, "u1")).is_none());
+        // Other records are still the tail's.
+        w.push(record(23, "a", "u1", "tasks", "r23"), None);
+        w.end = 23;
+        assert_eq!(
+            seqs(&w.page(&query(&a, 22, "u2")).expect("not private")),
+            [23]
+        );
+    }
+
+    #[test]
+    fn records_private_as_of_the_snapshot_send_every_read_holding_them_to_postgres() {
+        let mut w = window();
+        let mut private = PrivateRecords::new(1);
+        for n in 0..1000 {
+            private.private_before(&("z".into(), "app".into(), "tasks".into(), format!("x{n}")));
+        }
+        private.private_before(&("a".into(), "app".into(), "tasks".into(), "r14".into()));
+        w.private = private;
+        let a = vec!["a".to_owned()];
+        assert!(w.page(&query(&a, 10, "u1")).is_none());
+        assert!(w.page(&query(&a, 10, "u2")).is_none());
+        assert_eq!(
+            seqs(&w.page(&query(&a, 14, "u2")).expect("r14 is not in it")),
+            [16, 18, 20]
         );
     }
 
