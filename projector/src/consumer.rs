@@ -16,15 +16,20 @@ use crate::{
 };
 
 /// A batch that already holds this many messages when the buffered ones are taken
-/// means load: it may linger for more.
+/// means heavy load: it waits out the whole linger for more.
 pub(crate) const LINGER_FROM: usize = 64;
 
+/// With fewer at hand, but more than one (writers at work), a batch waits for more only
+/// while they keep coming: at most this long for each, and never beyond the linger.
+pub(crate) const LINGER_GAP: Duration = Duration::from_millis(2);
+
 /// Takes up to `batch_size` messages: waits for the first, then takes what is already
-/// buffered, so batches grow with load and a lone write is applied at once. Under load
-/// (at least [`LINGER_FROM`] messages at hand) it waits up to `linger` more for the
-/// batch to fill: PostgreSQL's cost per event falls steeply with the size of the
-/// transaction (README, Speed), at the price of at most `linger` before a change is
-/// readable.
+/// buffered, so batches grow with load and a lone write is applied at once. When more
+/// than one message is at hand it waits up to `linger` more for the batch to fill —
+/// with fewer than [`LINGER_FROM`], only while they keep coming ([`LINGER_GAP`]):
+/// PostgreSQL's cost per event falls steeply with the size of the transaction, and a
+/// transaction per handful of events is mostly overhead (README, Speed). The price is
+/// at most `linger` before a change is readable.
 pub(crate) async fn next_batch<M, E: std::fmt::Display>(
     messages: &mut (impl Stream<Item = Result<M, E>> + Unpin),
     batch_size: usize,
@@ -39,9 +44,13 @@ pub(crate) async fn next_batch<M, E: std::fmt::Display>(
     while batch.len() < batch_size {
         let next = match messages.next().now_or_never() {
             Some(next) => next,
-            None if batch.len() < LINGER_FROM || linger.is_zero() => break,
+            None if batch.len() < 2 || linger.is_zero() => break,
             None => {
-                let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + linger);
+                let now = tokio::time::Instant::now();
+                let mut until = *deadline.get_or_insert(now + linger);
+                if batch.len() < LINGER_FROM {
+                    until = until.min(now + LINGER_GAP);
+                }
                 match tokio::time::timeout_at(until, messages.next()).await {
                     Ok(next) => next,
                     Err(_) => break,
@@ -171,10 +180,46 @@ mod tests {
         let batch = next_batch(&mut rx, 1000, LINGER).await.unwrap();
         assert_eq!(batch, [0]);
         assert_eq!(started.elapsed(), Duration::ZERO);
-        // Nor are a few.
+        // A few wait one gap for more, no longer when none comes.
         sent(&tx, 1, 10);
         assert_eq!(next_batch(&mut rx, 1000, LINGER).await.unwrap().len(), 10);
-        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(started.elapsed(), LINGER_GAP);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_few_at_hand_wait_for_more_while_they_keep_coming() {
+        let linger = Duration::from_millis(10);
+        let (tx, mut rx) = mpsc::unbounded();
+        sent(&tx, 0, 3);
+        // One more every millisecond, for longer than the linger.
+        let feeder = tx.clone();
+        tokio::spawn(async move {
+            for i in 3..30 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                sent(&feeder, i, 1);
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let batch = next_batch(&mut rx, 1000, linger).await.unwrap();
+        assert_eq!(started.elapsed(), linger);
+        // Those of the first 9 ms at least (the 10th lands on the deadline's tick).
+        assert!(batch.len() >= 12, "{batch:?}");
+        assert_eq!(batch, (0..batch.len() as u32).collect::<Vec<_>>());
+
+        // When they stop coming, the batch goes one gap after the last.
+        let (tx, mut rx) = mpsc::unbounded();
+        sent(&tx, 0, 3);
+        let feeder = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            sent(&feeder, 3, 1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            sent(&feeder, 4, 1);
+        });
+        let started = tokio::time::Instant::now();
+        let batch = next_batch(&mut rx, 1000, linger).await.unwrap();
+        assert_eq!(batch, [0, 1, 2, 3]);
+        assert_eq!(started.elapsed(), Duration::from_millis(1) + LINGER_GAP);
     }
 
     #[tokio::test(start_paused = true)]
