@@ -120,7 +120,8 @@ impl AppState {
     /// Which of `ids` (events of the caller's push) are in the log, as far as this
     /// gateway can tell, the log ending at `end`: those its tail has seen (once it has
     /// seen `end`, or given up waiting) and those the change log holds, read as the
-    /// caller. A failed read only means fewer known.
+    /// caller once the projector has applied the log up to `end` (or the wait, within
+    /// half the publish timeout, gave up). A failed read only means fewer known.
     pub(crate) async fn logged_events(
         &self,
         access: &Access,
@@ -135,6 +136,14 @@ impl AppState {
         let rest: Vec<uuid::Uuid> = ids.into_iter().filter(|id| !known.contains(id)).collect();
         if rest.is_empty() {
             return known;
+        }
+        // The change log holds every logged record change up to `end` once the projector
+        // has applied that far; a projector that is behind (or down) only means fewer
+        // known, and the resend's changes then go one by one.
+        let wait =
+            (self.0.config.publish_timeout() / 2).min(self.0.config.read_your_writes_timeout());
+        if let Err(e) = self.progress().wait_for(end, wait).await {
+            tracing::debug!(error = %e, "could not wait for the projector before a resend's lookup");
         }
         let projected = async {
             let mut tx = store::begin_as(&self.0.pool, access).await?;
