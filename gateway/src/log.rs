@@ -382,8 +382,17 @@ impl Publisher {
 
     /// Pushes queued together, as one atomic batch. When it holds an event already in
     /// the log (someone's resend), each push goes on its own instead.
-    async fn publish_group(&self, group: Vec<Queued>) {
-        if group.len() > 1 {
+    async fn publish_group(&self, mut group: Vec<Queued>) {
+        if group.len() == 1
+            && let Some(queued) = group.pop()
+        {
+            // Awaited here: the combiner sends the next group once this one is stored.
+            let events: Vec<&PreparedEvent> = queued.events.iter().collect();
+            let result = self.publish_push(&events, queued.logged.as_ref()).await;
+            let _ = queued.reply.send(result);
+            return;
+        }
+        {
             let events: Vec<&PreparedEvent> = group.iter().flat_map(|q| &q.events).collect();
             match self.publish_atomic(&events).await {
                 Ok(before) => {
@@ -413,13 +422,19 @@ impl Publisher {
                 }
             }
         }
-        // Each push on its own.
-        let each = group.into_iter().map(|queued| async move {
-            let events: Vec<&PreparedEvent> = queued.events.iter().collect();
-            let result = self.publish_push(&events, queued.logged.as_ref()).await;
-            let _ = queued.reply.send(result);
-        });
-        futures::future::join_all(each).await;
+        // Each push on its own, apart from the combiner: a resend among them may wait for
+        // the projector, and the pushes queued behind this group must not wait with it
+        // (nothing of this group was stored, so the next may go).
+        for queued in group {
+            let publisher = self.clone();
+            tokio::spawn(async move {
+                let events: Vec<&PreparedEvent> = queued.events.iter().collect();
+                let result = publisher
+                    .publish_push(&events, queued.logged.as_ref())
+                    .await;
+                let _ = queued.reply.send(result);
+            });
+        }
     }
 
     /// One atomic batch: every message but the last is staged by the server; the last
