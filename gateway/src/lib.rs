@@ -61,6 +61,11 @@ impl AppState {
         &self.0.log
     }
 
+    /// This gateway's tail of the log, unless it is turned off.
+    pub(crate) fn tail(&self) -> Option<&LogTail> {
+        self.0.tail.as_ref()
+    }
+
     pub(crate) fn memberships(&self) -> &MembershipView {
         &self.0.memberships
     }

@@ -386,10 +386,29 @@ impl Publisher {
         if group.len() == 1
             && let Some(queued) = group.pop()
         {
-            // Awaited here: the combiner sends the next group once this one is stored.
+            // Awaited here, so the combiner sends the next group once this push is
+            // stored; unless it is a resend, which is handed off.
             let events: Vec<&PreparedEvent> = queued.events.iter().collect();
-            let result = self.publish_push(&events, queued.logged.as_ref()).await;
-            let _ = queued.reply.send(result);
+            if events.len() > self.batch_limit() {
+                let result = self.publish_push(&events, queued.logged.as_ref()).await;
+                let _ = queued.reply.send(result);
+                return;
+            }
+            let first = self.publish_atomic(&events).await;
+            drop(events);
+            match first {
+                Ok(before) => {
+                    let _ = queued.reply.send(Ok(before));
+                }
+                Err(PublishFailure::AlreadyPartlyLogged) => self.hand_off(queued, true),
+                Err(PublishFailure::TooLarge(max)) => {
+                    self.learn_batch_limit(max);
+                    self.hand_off(queued, false);
+                }
+                Err(PublishFailure::Failed(why)) => {
+                    let _ = queued.reply.send(Err(why));
+                }
+            }
             return;
         }
         {
@@ -422,19 +441,27 @@ impl Publisher {
                 }
             }
         }
-        // Each push on its own, apart from the combiner: a resend among them may wait for
-        // the projector, and the pushes queued behind this group must not wait with it
-        // (nothing of this group was stored, so the next may go).
+        // Each push on its own (nothing of this group was stored, so the next may go).
         for queued in group {
-            let publisher = self.clone();
-            tokio::spawn(async move {
-                let events: Vec<&PreparedEvent> = queued.events.iter().collect();
-                let result = publisher
-                    .publish_push(&events, queued.logged.as_ref())
-                    .await;
-                let _ = queued.reply.send(result);
-            });
+            self.hand_off(queued, false);
         }
+    }
+
+    /// Publishes a push apart from the combiner: a resend's lookup of what is logged may
+    /// wait for the projector, and the pushes queued behind it must not wait with it.
+    /// `resend`: JetStream refused the push whole as holding logged events.
+    fn hand_off(&self, queued: Queued, resend: bool) {
+        let publisher = self.clone();
+        tokio::spawn(async move {
+            let events: Vec<&PreparedEvent> = queued.events.iter().collect();
+            let logged = queued.logged.as_ref();
+            let result = if resend {
+                publisher.publish_resend(&events, logged).await
+            } else {
+                publisher.publish_push(&events, logged).await
+            };
+            let _ = queued.reply.send(result);
+        });
     }
 
     /// One atomic batch: every message but the last is staged by the server; the last

@@ -196,6 +196,11 @@ impl LogTail {
             .page(q)
     }
 
+    /// Whether it follows the log right now (it answers reads only then).
+    pub fn is_live(&self) -> bool {
+        self.0.following.is_live()
+    }
+
     /// Which of `ids` are ids of events in the window: all of them are in the log.
     pub fn logged(&self, ids: &[Uuid]) -> HashSet<Uuid> {
         self.0

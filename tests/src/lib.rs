@@ -407,6 +407,16 @@ impl TestApp {
         send(req).await
     }
 
+    /// Waits until the log tail of the gateway at `base` follows the log (it answers
+    /// push responses only then; before, they are read from PostgreSQL).
+    pub async fn wait_tail_live(&self, base: &str) {
+        let http = &self.http;
+        eventually(Duration::from_secs(20), || async move {
+            send(http.get(format!("{base}/health"))).await.body["tail"]["live"] == true
+        })
+        .await;
+    }
+
     /// Waits until the projector has applied everything in the log.
     pub async fn wait_projected(&self) {
         let last = self.stream_messages_last_seq().await;

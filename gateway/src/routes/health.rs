@@ -12,6 +12,8 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let nats_ok = last_seq.is_some();
     let pg_ok = checkpoint.is_some();
     let lag = |stage: Option<u64>| last_seq.zip(stage).map(|(l, c)| l.saturating_sub(c));
+    // Not a dependency: without it push responses are read from PostgreSQL.
+    let tail = state.tail().map(|t| t.is_live());
     let status = if nats_ok && pg_ok {
         StatusCode::OK
     } else {
@@ -26,6 +28,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             "lag": lag(checkpoint),
             "records": { "checkpoint": records, "lag": lag(records) },
         },
+        "tail": { "enabled": tail.is_some(), "live": tail.unwrap_or(false) },
     });
     (status, Json(body))
 }

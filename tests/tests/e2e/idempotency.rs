@@ -123,6 +123,9 @@ async fn a_grown_resend_lands_as_one_batch_while_the_projector_catches_up() {
             c.publish_timeout_ms = 20_000;
         })
         .await;
+    // The pushes below are answered by the tails while the projector is stopped.
+    app.wait_tail_live(&app.gateway.base).await;
+    app.wait_tail_live(&g.base).await;
     app.projector.take().expect("running").stop().await;
     let change = |id: &str| json!({"table": "tasks", "id": id, "op": "insert", "data": {}});
     let first = changes(json!([change("a"), change("b")]));
@@ -160,6 +163,95 @@ async fn a_grown_resend_lands_as_one_batch_while_the_projector_catches_up() {
     let (seen, _) = app.pull_all("alice", "phone", "todo", "tasks", "").await;
     let ids: Vec<_> = seen.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+}
+
+/// A resend that has to wait for the projector (part of what it repeats has left the
+/// gateway's tail, and the projector is down) does not hold up the pushes queued behind
+/// it: they are group-committed and answered while it waits.
+#[tokio::test]
+async fn a_resend_waiting_for_the_projector_does_not_hold_up_the_pushes_behind_it() {
+    let mut app = TestApp::spawn().await;
+    let g = app
+        .another_gateway_with(|c| {
+            c.tail_events = 2;
+            c.publish_timeout_ms = 20_000;
+        })
+        .await;
+    // The pushes below are answered by the tails while the projector is stopped.
+    app.wait_tail_live(&app.gateway.base).await;
+    app.wait_tail_live(&g.base).await;
+    app.projector.take().expect("running").stop().await;
+    let change = |id: &str| json!({"table": "tasks", "id": id, "op": "insert", "data": {}});
+    let reply = app
+        .push(
+            "alice",
+            "laptop",
+            "todo",
+            &changes(json!([change("a"), change("b")])),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    // `g`'s tail keeps b and Bob's x: a is only in the log.
+    let reply = app
+        .push("bob", "phone", "todo", &changes(json!([change("x")])))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let cursor = reply.body["syncedUntil"].clone();
+
+    let grown = changes(json!([change("a"), change("b"), change("c")]));
+    let resend = app.push_as(&g.base, "alice", "laptop", "todo", &grown);
+    tokio::pin!(resend);
+    // Until JetStream has refused it and the gateway reads the log's end (a JetStream
+    // API request; nothing else makes one meanwhile but these queries of the count).
+    let js = app.nats.jetstream().await;
+    let api_requests = || async {
+        js.query_account()
+            .await
+            .expect("account info")
+            .requests
+            .total
+    };
+    let first = api_requests().await;
+    let refused = async {
+        for queries in 1.. {
+            if api_requests().await > first + queries {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = &mut resend => panic!("the resend was answered before the projector ran"),
+        waited = tokio::time::timeout(std::time::Duration::from_secs(5), refused) => {
+            waited.expect("the resend reaches the gateway's lookup");
+        }
+    }
+    // Carol's first push (her personal space and y: a batch for the combiner), with a
+    // cursor `g`'s tail answers from while the projector is down.
+    let fresh = json!({"since": cursor, "changes": [change("y")]});
+    let carol = app.push_as(&g.base, "carol", "tablet", "todo", &fresh);
+    let reply = tokio::select! {
+        biased;
+        _ = &mut resend => panic!("the resend was answered before the projector ran"),
+        reply = tokio::time::timeout(std::time::Duration::from_secs(5), carol) => {
+            reply.expect("Carol's push is answered while the resend waits")
+        }
+    };
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+
+    // Started again apart from `app`, which the resend borrows meanwhile.
+    let _projector = RunningProjector::start(projector_config(
+        &app.nats,
+        &app.db,
+        schemas::projection::DEFAULT_PROJECTOR,
+    ))
+    .await;
+    let reply = resend.await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let (seen, _) = app.pull_all("alice", "phone", "todo", "tasks", "").await;
+    let ids: Vec<_> = seen.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
 }
 
 /// Concurrent pushes are published together (group commit). Each still lands whole and

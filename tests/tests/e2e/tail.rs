@@ -60,6 +60,7 @@ async fn push_responses_come_from_the_tail_and_equal_postgres() {
     // With the projector stopped, nothing new reaches PostgreSQL: a response that needs
     // A's changes can only come from the gateway's tail of the log (PostgreSQL's path
     // would wait for the projector and fail with 503).
+    app.wait_tail_live(&app.gateway.base).await;
     app.projector
         .take()
         .expect("projector running")
