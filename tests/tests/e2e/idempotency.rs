@@ -2,8 +2,8 @@
 //! message id) and beyond it (by the deterministic event id in the projection).
 
 use reqwest::StatusCode;
-use serde_json::json;
-use sync_tests::{RunningProjector, TestApp, changes, projector_config};
+use serde_json::{Value, json};
+use sync_tests::{RunningGateway, RunningProjector, TestApp, changes, projector_config};
 
 #[tokio::test]
 async fn retried_push_does_not_duplicate_events() {
@@ -109,6 +109,35 @@ async fn the_new_changes_of_a_grown_resend_are_published_as_one_batch() {
     assert_eq!(ids, ["a", "b", "c", "d", "e"]);
 }
 
+fn insert(id: &str) -> Value {
+    json!({"table": "tasks", "id": id, "op": "insert", "data": {}})
+}
+
+/// The stack with the projector stopped after Alice pushed a and b and Bob pushed x
+/// (through the app's gateway, whose tail answers them), and a second gateway whose
+/// tail keeps the last `tail_events` changes: of Alice's, it holds at most b. Returns
+/// it and Bob's answer's `syncedUntil`.
+async fn projector_stopped_after_a_push(tail_events: usize) -> (TestApp, RunningGateway, Value) {
+    let mut app = TestApp::spawn().await;
+    let g = app
+        .another_gateway_with(|c| {
+            c.tail_events = tail_events;
+            c.publish_timeout_ms = 20_000;
+        })
+        .await;
+    app.wait_tail_live(&app.gateway.base).await;
+    app.wait_tail_live(&g.base).await;
+    app.projector.take().expect("running").stop().await;
+    let first = changes(json!([insert("a"), insert("b")]));
+    let reply = app.push("alice", "laptop", "todo", &first).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let other = changes(json!([insert("x")]));
+    let reply = app.push("bob", "phone", "todo", &other).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let cursor = reply.body["syncedUntil"].clone();
+    (app, g, cursor)
+}
+
 /// The same, when the resend's logged part has left the gateway's tail and the
 /// projector has not applied it yet: the gateway waits for the projector (briefly)
 /// before looking in the change log, so c, d and e still land as one atomic batch.
@@ -116,34 +145,14 @@ async fn the_new_changes_of_a_grown_resend_are_published_as_one_batch() {
 /// has not caught up when the change log is read.)
 #[tokio::test]
 async fn a_grown_resend_lands_as_one_batch_while_the_projector_catches_up() {
-    let mut app = TestApp::spawn().await;
-    let g = app
-        .another_gateway_with(|c| {
-            c.tail_events = 1;
-            c.publish_timeout_ms = 20_000;
-        })
-        .await;
-    // The pushes below are answered by the tails while the projector is stopped.
-    app.wait_tail_live(&app.gateway.base).await;
-    app.wait_tail_live(&g.base).await;
-    app.projector.take().expect("running").stop().await;
-    let change = |id: &str| json!({"table": "tasks", "id": id, "op": "insert", "data": {}});
-    let first = changes(json!([change("a"), change("b")]));
-    // Through the app's own gateway, whose tail answers these pushes without the
-    // projector; `g`'s tail follows the same log.
-    let reply = app.push("alice", "laptop", "todo", &first).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    // Bob's push leaves only his change in `g`'s tail.
-    let other = changes(json!([change("x")]));
-    let reply = app.push("bob", "phone", "todo", &other).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-
+    // `g`'s tail keeps only Bob's x.
+    let (mut app, g, _) = projector_stopped_after_a_push(1).await;
     let grown = changes(json!([
-        change("a"),
-        change("b"),
-        change("c"),
-        change("d"),
-        change("e")
+        insert("a"),
+        insert("b"),
+        insert("c"),
+        insert("d"),
+        insert("e")
     ]));
     let resend = app.push_as(&g.base, "alice", "laptop", "todo", &grown);
     let restart = RunningProjector::start(projector_config(
@@ -170,35 +179,10 @@ async fn a_grown_resend_lands_as_one_batch_while_the_projector_catches_up() {
 /// it: they are group-committed and answered while it waits.
 #[tokio::test]
 async fn a_resend_waiting_for_the_projector_does_not_hold_up_the_pushes_behind_it() {
-    let mut app = TestApp::spawn().await;
-    let g = app
-        .another_gateway_with(|c| {
-            c.tail_events = 2;
-            c.publish_timeout_ms = 20_000;
-        })
-        .await;
-    // The pushes below are answered by the tails while the projector is stopped.
-    app.wait_tail_live(&app.gateway.base).await;
-    app.wait_tail_live(&g.base).await;
-    app.projector.take().expect("running").stop().await;
-    let change = |id: &str| json!({"table": "tasks", "id": id, "op": "insert", "data": {}});
-    let reply = app
-        .push(
-            "alice",
-            "laptop",
-            "todo",
-            &changes(json!([change("a"), change("b")])),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     // `g`'s tail keeps b and Bob's x: a is only in the log.
-    let reply = app
-        .push("bob", "phone", "todo", &changes(json!([change("x")])))
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    let cursor = reply.body["syncedUntil"].clone();
+    let (app, g, cursor) = projector_stopped_after_a_push(2).await;
 
-    let grown = changes(json!([change("a"), change("b"), change("c")]));
+    let grown = changes(json!([insert("a"), insert("b"), insert("c")]));
     let resend = app.push_as(&g.base, "alice", "laptop", "todo", &grown);
     tokio::pin!(resend);
     // Until JetStream has refused it and the gateway reads the log's end (a JetStream
@@ -229,7 +213,7 @@ async fn a_resend_waiting_for_the_projector_does_not_hold_up_the_pushes_behind_i
     }
     // Carol's first push (her personal space and y: a batch for the combiner), with a
     // cursor `g`'s tail answers from while the projector is down.
-    let fresh = json!({"since": cursor, "changes": [change("y")]});
+    let fresh = json!({"since": cursor, "changes": [insert("y")]});
     let carol = app.push_as(&g.base, "carol", "tablet", "todo", &fresh);
     let reply = tokio::select! {
         biased;
