@@ -36,6 +36,17 @@ impl TestDb {
         let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
             panic!("cannot reach TEST_DATABASE_URL ({admin_url}): {e}; run scripts/test")
         });
+        // The reader role is global to the cluster. Created by a migration inside its
+        // transaction, a concurrent migration of another test's database could look it
+        // up before that commits ("role does not exist"); created here, on its own, it
+        // is committed before any migration runs (as scripts/dev does for its cluster).
+        sqlx::query(
+            "DO $$ BEGIN CREATE ROLE sync_reader NOLOGIN NOBYPASSRLS; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+        )
+        .execute(&mut admin)
+        .await
+        .expect("create the reader role");
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .await
