@@ -106,6 +106,15 @@ enum CommitReply {
     Ack { seq: u64 },
 }
 
+/// A push tried whole: its answer, or what is left to do.
+enum Whole {
+    Done(Result<Option<u64>, String>),
+    /// Refused as holding events in the log already; nothing was stored.
+    Resend,
+    /// More events than the server takes at once; nothing was stored.
+    TooLarge,
+}
+
 enum PublishFailure {
     /// Some of the batch was committed before (a resend); none of it was stored now.
     AlreadyPartlyLogged,
@@ -317,18 +326,35 @@ impl Publisher {
         events: &[&PreparedEvent],
         logged: Option<&LoggedIds>,
     ) -> Result<Option<u64>, String> {
-        if events.len() <= self.batch_limit() {
-            match self.publish_atomic(events).await {
-                Ok(before) => return Ok(before),
-                Err(PublishFailure::AlreadyPartlyLogged) => {
-                    return self.publish_resend(events, logged).await;
-                }
-                Err(PublishFailure::TooLarge(max)) if max < events.len() => {
-                    self.learn_batch_limit(max);
-                }
-                Err(failure) => return Err(failure.why()),
-            }
+        match self.try_whole(events).await {
+            Whole::Done(result) => result,
+            Whole::Resend => self.publish_resend(events, logged).await,
+            Whole::TooLarge => self.publish_chunks(events, logged).await,
         }
+    }
+
+    /// A push tried as one atomic batch, unless the server is known to take fewer.
+    async fn try_whole(&self, events: &[&PreparedEvent]) -> Whole {
+        if events.len() > self.batch_limit() {
+            return Whole::TooLarge;
+        }
+        match self.publish_atomic(events).await {
+            Ok(before) => Whole::Done(Ok(before)),
+            Err(PublishFailure::AlreadyPartlyLogged) => Whole::Resend,
+            Err(PublishFailure::TooLarge(max)) if max < events.len() => {
+                self.learn_batch_limit(max);
+                Whole::TooLarge
+            }
+            Err(failure) => Whole::Done(Err(failure.why())),
+        }
+    }
+
+    /// A push atomically per the server's limit.
+    async fn publish_chunks(
+        &self,
+        events: &[&PreparedEvent],
+        logged: Option<&LoggedIds>,
+    ) -> Result<Option<u64>, String> {
         let mut before_first = None;
         for (i, chunk) in events.chunks(self.batch_limit()).enumerate() {
             let before = match self.publish_atomic(chunk).await {
@@ -389,56 +415,44 @@ impl Publisher {
             // Awaited here, so the combiner sends the next group once this push is
             // stored; unless it is a resend, which is handed off.
             let events: Vec<&PreparedEvent> = queued.events.iter().collect();
-            if events.len() > self.batch_limit() {
-                let result = self.publish_push(&events, queued.logged.as_ref()).await;
-                let _ = queued.reply.send(result);
-                return;
-            }
-            let first = self.publish_atomic(&events).await;
-            drop(events);
-            match first {
-                Ok(before) => {
-                    let _ = queued.reply.send(Ok(before));
+            let result = match self.try_whole(&events).await {
+                Whole::Done(result) => result,
+                Whole::TooLarge => self.publish_chunks(&events, queued.logged.as_ref()).await,
+                Whole::Resend => {
+                    drop(events);
+                    self.hand_off(queued, true);
+                    return;
                 }
-                Err(PublishFailure::AlreadyPartlyLogged) => self.hand_off(queued, true),
-                Err(PublishFailure::TooLarge(max)) => {
-                    self.learn_batch_limit(max);
-                    self.hand_off(queued, false);
-                }
-                Err(PublishFailure::Failed(why)) => {
-                    let _ = queued.reply.send(Err(why));
-                }
-            }
+            };
+            let _ = queued.reply.send(result);
             return;
         }
-        {
-            let events: Vec<&PreparedEvent> = group.iter().flat_map(|q| &q.events).collect();
-            match self.publish_atomic(&events).await {
-                Ok(before) => {
-                    let mut at = before;
-                    for queued in group {
-                        let n = queued.events.len() as u64;
-                        let _ = queued.reply.send(Ok(at));
-                        at = at.map(|a| a + n);
-                    }
-                    return;
+        let events: Vec<&PreparedEvent> = group.iter().flat_map(|q| &q.events).collect();
+        match self.publish_atomic(&events).await {
+            Ok(before) => {
+                let mut at = before;
+                for queued in group {
+                    let n = queued.events.len() as u64;
+                    let _ = queued.reply.send(Ok(at));
+                    at = at.map(|a| a + n);
                 }
-                Err(PublishFailure::Failed(why)) => {
-                    for queued in group {
-                        let _ = queued.reply.send(Err(why.clone()));
-                    }
-                    return;
+                return;
+            }
+            Err(PublishFailure::Failed(why)) => {
+                for queued in group {
+                    let _ = queued.reply.send(Err(why.clone()));
                 }
-                Err(PublishFailure::AlreadyPartlyLogged) => {
-                    tracing::debug!(
-                        pushes = group.len(),
-                        "a combined batch holds a resend; publishing push by push"
-                    );
-                }
-                Err(PublishFailure::TooLarge(max)) => {
-                    // A server that takes fewer than a combined batch: each push alone.
-                    self.learn_batch_limit(max);
-                }
+                return;
+            }
+            Err(PublishFailure::AlreadyPartlyLogged) => {
+                tracing::debug!(
+                    pushes = group.len(),
+                    "a combined batch holds a resend; publishing push by push"
+                );
+            }
+            Err(PublishFailure::TooLarge(max)) => {
+                // A server that takes fewer than a combined batch: each push alone.
+                self.learn_batch_limit(max);
             }
         }
         // Each push on its own (nothing of this group was stored, so the next may go).
