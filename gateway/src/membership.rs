@@ -20,7 +20,7 @@ use ingest::{
     membership::{Memberships, Space},
 };
 use schemas::{Envelope, Role, SpaceType, subject::MEMBERSHIP_SUBJECTS};
-use sqlx::{PgPool, Row as _};
+use sqlx::{PgConnection, PgPool, Row as _};
 use tokio::sync::watch;
 
 use crate::{
@@ -176,9 +176,16 @@ impl MembershipView {
 /// Spaces and memberships as of the projector's checkpoint, read in one snapshot.
 async fn load_snapshot(pool: &PgPool, projector: &str) -> anyhow::Result<(Memberships, u64)> {
     let (mut tx, checkpoint) = snapshot_at_checkpoint(pool, projector).await?;
+    let state = load_memberships(&mut tx).await?;
+    tx.commit().await?;
+    Ok((state, checkpoint))
+}
+
+/// Every space and membership the projection holds, as `conn` sees them.
+pub(crate) async fn load_memberships(conn: &mut PgConnection) -> anyhow::Result<Memberships> {
     let mut state = Memberships::default();
     for r in sqlx::query("SELECT space_id, type, name, deleted_seq IS NOT NULL FROM spaces")
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?
     {
         let Some(space_type) = SpaceType::parse(r.get(1)) else {
@@ -194,13 +201,12 @@ async fn load_snapshot(pool: &PgPool, projector: &str) -> anyhow::Result<(Member
         );
     }
     for r in sqlx::query("SELECT space_id, user_id, role FROM space_members")
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?
     {
         if let Some(role) = Role::parse(r.get(2)) {
             state.load_member(r.get(0), r.get(1), role);
         }
     }
-    tx.commit().await?;
-    Ok((state, checkpoint))
+    Ok(state)
 }

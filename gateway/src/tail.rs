@@ -18,10 +18,14 @@
 //!   the window, is a legacy timestamp, when the tail is not following the log, or when
 //!   a change in the page belongs to a record that is, or may be, private to anyone
 //!   but the caller (records private before the window are only known to be private,
-//!   not by whom: their reads go to PostgreSQL, the author's too).
+//!   not by whom: their reads go to PostgreSQL, the author's too);
+//! - it leaves out a change whose author may not write into its space at its position
+//!   in the log, as the projector parks it (`projector::apply`, "refused writes"): the
+//!   tail keeps the memberships as of its position (a snapshot at the checkpoint it
+//!   starts from, then every membership event after it) and checks each change with
+//!   the projector's rule, `Memberships::may_write`.
 
 use std::{
-    borrow::Cow,
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, HashSet, VecDeque},
     sync::{Arc, OnceLock, RwLock},
@@ -31,14 +35,21 @@ use std::{
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use fastbloom::BloomFilter;
 use futures::{StreamExt as _, TryStreamExt as _};
-use schemas::{Cursor, Event, RecordChanged, subject::escape_token, wire::ServerChangeView};
+use ingest::membership::Memberships;
+use schemas::{
+    Cursor, Event, RecordChanged, space::personal_space_id, subject::escape_token,
+    wire::ServerChangeView,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::{PgPool, Row as _};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::follow::{Following, keep_following, snapshot_at_checkpoint};
+use crate::{
+    follow::{Following, keep_following, snapshot_at_checkpoint},
+    membership::load_memberships,
+};
 
 /// Identifies a record: space, app, table, id.
 type RecordKey = (String, String, String, String);
@@ -76,6 +87,8 @@ struct Window {
     other_event_ids: HashMap<Uuid, u64>,
     /// Records that are, or may be, private to someone.
     private: PrivateRecords,
+    /// Spaces and memberships as of `end`: who may write where at the next position.
+    members: Memberships,
 }
 
 /// A message on a record-change subject. It is decoded when a read first needs it
@@ -87,8 +100,19 @@ struct Entry {
     /// `sync.<space>.<app>.<table>`, tokens escaped.
     subject: String,
     payload: bytes::Bytes,
+    /// Who published it, read from the envelope's metadata alone (`None`: not a valid
+    /// event, which no read returns).
+    by: Option<By>,
     /// `None`: not an event the projector keeps (it parks it).
     change: OnceLock<Option<Change>>,
+}
+
+/// The user and client an event's metadata names.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct By {
+    user_id: String,
+    client_id: String,
 }
 
 /// A record change as clients receive it, and what reads filter it by.
@@ -98,7 +122,6 @@ struct Change {
     table: String,
     record_id: String,
     user_id: String,
-    client_id: String,
     json: Box<RawValue>,
 }
 
@@ -218,7 +241,7 @@ impl LogTail {
         stream: &str,
         projector: &str,
     ) -> anyhow::Result<()> {
-        let (private, checkpoint) = load_private(&self.0.pool, projector).await?;
+        let (private, members, checkpoint) = load_snapshot(&self.0.pool, projector).await?;
         let stream = js.get_stream(stream).await?;
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
@@ -233,6 +256,7 @@ impl LogTail {
             let mut window = self.write();
             *window = Window::empty(checkpoint);
             window.private = private;
+            window.members = members;
         }
         self.0.following.reached(checkpoint);
         self.0.following.set_live(true);
@@ -244,19 +268,8 @@ impl LogTail {
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .stream_sequence;
             let mut window = self.write();
-            match Entry::read(seq, &msg.subject, &msg.payload) {
-                Some((entry, visibility)) => {
-                    window.push(entry, visibility.as_deref());
-                    window.evict(self.0.max_events, self.0.max_bytes);
-                }
-                None => {
-                    if let Some(id) = leading_event_id(&msg.payload) {
-                        window.push_other(seq, id);
-                        window.evict(self.0.max_events, self.0.max_bytes);
-                    }
-                }
-            }
-            window.end = seq;
+            window.follow(seq, &msg.subject, &msg.payload);
+            window.evict(self.0.max_events, self.0.max_bytes);
             drop(window);
             self.0.following.reached(seq);
         }
@@ -280,7 +293,46 @@ impl Window {
             other_events: VecDeque::new(),
             other_event_ids: HashMap::new(),
             private: PrivateRecords::new(0),
+            members: Memberships::default(),
         }
+    }
+
+    /// Takes in the message at `seq`, the next one of the log.
+    fn follow(&mut self, seq: u64, subject: &str, payload: &bytes::Bytes) {
+        match Entry::read(seq, subject, payload) {
+            Some((entry, visibility)) if self.may_write(&entry) => {
+                self.push(entry, visibility.as_deref());
+            }
+            // Parked by the projector: in the log (a resend of it is a duplicate), not
+            // in the change log.
+            Some((entry, _)) => self.push_other(seq, entry.event_id),
+            None => {
+                if let Ok(env) = projector::apply::decode(subject, payload)
+                    && let Some(event) = env.event.membership()
+                {
+                    self.members.apply(event);
+                }
+                if let Some(id) = leading_event_id(payload) {
+                    self.push_other(seq, id);
+                }
+            }
+        }
+        self.end = seq;
+    }
+
+    /// Whether the author of `entry` may write into its space here (the projector's
+    /// rule). A message that is not a valid change passes: no read returns it.
+    fn may_write(&self, entry: &Entry) -> bool {
+        let (Some(by), Some((space, _, _))) = (&entry.by, entry.subject_tokens()) else {
+            return true;
+        };
+        // The common case, told from the subject: the author's personal space.
+        if space == escape_token(&personal_space_id(&by.user_id)) {
+            return true;
+        }
+        entry
+            .change()
+            .is_none_or(|c| self.members.may_write(&c.user_id, &c.space_id))
     }
 
     /// A page of what `q` asks for, up to `end`; `None` when the window cannot answer
@@ -542,6 +594,7 @@ impl Entry {
             event_id: Uuid::nil(),
             subject: subject.to_owned(),
             payload: payload.clone(),
+            by: By::read(payload),
             change: OnceLock::new(),
         };
         // Only a decode tells a key spelled with escapes, or a visibility, for sure.
@@ -571,30 +624,12 @@ impl Entry {
     }
 
     /// Whether `user` pushed it from `client` (the caller's own changes are left out
-    /// of what it reads), told without decoding the change: only the envelope's
-    /// metadata is read. A message that is not a valid event is not in any read, so
-    /// either answer leaves it out.
+    /// of what it reads), told from the envelope's metadata. A message that is not a
+    /// valid event is not in any read, so either answer leaves it out.
     fn pushed_by(&self, client: &str, user: &str) -> bool {
-        #[derive(Deserialize)]
-        struct Pushed<'a> {
-            #[serde(borrow)]
-            metadata: By<'a>,
-        }
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct By<'a> {
-            #[serde(borrow)]
-            user_id: Cow<'a, str>,
-            #[serde(borrow)]
-            client_id: Cow<'a, str>,
-        }
-        if let Some(decoded) = self.change.get() {
-            return decoded
-                .as_ref()
-                .is_some_and(|c| c.client_id == client && c.user_id == user);
-        }
-        serde_json::from_slice::<Pushed<'_>>(&self.payload)
-            .is_ok_and(|p| p.metadata.client_id == client && p.metadata.user_id == user)
+        self.by
+            .as_ref()
+            .is_some_and(|by| by.client_id == client && by.user_id == user)
     }
 
     /// Space, app and table tokens of the subject (`None` if it has another shape, which
@@ -607,7 +642,24 @@ impl Entry {
 
     /// Roughly what it holds in memory (a decoded change about doubles it).
     fn size(&self) -> usize {
-        std::mem::size_of::<Self>() + self.subject.len() + 2 * self.payload.len()
+        let by = self
+            .by
+            .as_ref()
+            .map_or(0, |by| by.user_id.len() + by.client_id.len());
+        std::mem::size_of::<Self>() + self.subject.len() + by + 2 * self.payload.len()
+    }
+}
+
+impl By {
+    /// The metadata of an envelope, without decoding the rest of it.
+    fn read(payload: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Metadata {
+            metadata: By,
+        }
+        serde_json::from_slice::<Metadata>(payload)
+            .ok()
+            .map(|m| m.metadata)
     }
 }
 
@@ -644,7 +696,6 @@ impl Change {
             table: rc.table.clone(),
             record_id: rc.record_id.clone(),
             user_id: env.metadata.user_id.clone(),
-            client_id: env.metadata.client_id.clone(),
             json,
         })
     }
@@ -659,10 +710,14 @@ impl Change {
     }
 }
 
-/// Records private to someone as of the projector's checkpoint, read in one snapshot
-/// (row by row, into the filter).
-async fn load_private(pool: &PgPool, projector: &str) -> anyhow::Result<(PrivateRecords, u64)> {
+/// Records private to someone (row by row, into the filter) and the memberships, as of
+/// the projector's checkpoint, read in one snapshot.
+async fn load_snapshot(
+    pool: &PgPool,
+    projector: &str,
+) -> anyhow::Result<(PrivateRecords, Memberships, u64)> {
     let (mut tx, checkpoint) = snapshot_at_checkpoint(pool, projector).await?;
+    let members = load_memberships(&mut tx).await?;
     let count: i64 =
         sqlx::query_scalar("SELECT count(*) FROM record_visibility WHERE visibility = $1")
             .bind(PRIVATE)
@@ -681,12 +736,13 @@ async fn load_private(pool: &PgPool, projector: &str) -> anyhow::Result<(Private
         }
     }
     tx.commit().await?;
-    Ok((private, checkpoint))
+    Ok((private, members, checkpoint))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::membership::MembershipEvent;
 
     fn entry(seq: u64, space: &str, user: &str, table: &str) -> Entry {
         record(seq, space, user, table, &format!("r{seq}"))
@@ -700,7 +756,6 @@ mod tests {
             table: table.to_owned(),
             record_id: record_id.to_owned(),
             user_id: user.to_owned(),
-            client_id: format!("{user}-phone"),
             json: RawValue::from_string(format!("{{\"seq\":{seq}}}")).expect("valid JSON"),
         };
         Entry {
@@ -708,6 +763,10 @@ mod tests {
             event_id: Uuid::new_v4(),
             subject: schemas::subject::change_subject(space, "app", table),
             payload: bytes::Bytes::new(),
+            by: Some(By {
+                user_id: user.to_owned(),
+                client_id: format!("{user}-phone"),
+            }),
             change: OnceLock::from(Some(change)),
         }
     }
@@ -887,14 +946,22 @@ mod tests {
 
     /// A record change as the gateway publishes it: its subject and payload.
     fn published(id: u128, data: serde_json::Value) -> (String, bytes::Bytes) {
-        let at = "2026-01-01T00:00:00Z".parse().expect("instant");
-        let env = schemas::Envelope {
-            event_id: Uuid::from_u128(id),
-            schema_version: 1,
-            occurred_at: at,
-            event: Event::RecordChanged(RecordChanged {
+        published_change(id, "a", "u1", data)
+    }
+
+    /// A record change of `user` in `space`, as the gateway publishes it.
+    fn published_change(
+        id: u128,
+        space: &str,
+        user: &str,
+        data: serde_json::Value,
+    ) -> (String, bytes::Bytes) {
+        published_event(
+            id,
+            user,
+            Event::RecordChanged(RecordChanged {
                 app_id: "app".into(),
-                space_id: "a".into(),
+                space_id: space.into(),
                 table: "tasks".into(),
                 record_id: format!("r{id}"),
                 op: schemas::Op::Insert,
@@ -903,15 +970,98 @@ mod tests {
                 fields: None,
                 client_schema_version: 1,
             }),
+        )
+    }
+
+    /// Any event, published by `user` on its own subject.
+    fn published_event(id: u128, user: &str, event: Event) -> (String, bytes::Bytes) {
+        let at = "2026-01-01T00:00:00Z".parse().expect("instant");
+        let env = schemas::Envelope {
+            event_id: Uuid::from_u128(id),
+            schema_version: 1,
+            occurred_at: at,
+            event,
             metadata: schemas::Metadata {
-                user_id: "u1".into(),
-                client_id: "u1-phone".into(),
+                user_id: user.into(),
+                client_id: format!("{user}-phone"),
                 actor: None,
                 origin: None,
                 received_at: at,
             },
         };
         (env.event.subject(), env.to_json().into())
+    }
+
+    #[test]
+    fn a_change_its_author_may_no_longer_write_is_left_out_as_the_projector_parks_it() {
+        use schemas::membership::{MemberAdded, MemberRemoved, SpaceCreated};
+        let mut w = Window::empty(0);
+        let follow = |w: &mut Window, seq: u64, (subject, payload): (String, bytes::Bytes)| {
+            w.follow(seq, &subject, &payload);
+        };
+        // As of the snapshot: the space exists and b is a member.
+        w.members
+            .apply(MembershipEvent::SpaceCreated(&SpaceCreated {
+                space_id: "fam".into(),
+                space_type: schemas::SpaceType::Family,
+                name: "Family".into(),
+            }));
+        let b_joins = MemberAdded {
+            space_id: "fam".into(),
+            user_id: "b".into(),
+            role: schemas::Role::Member,
+        };
+        w.members.apply(MembershipEvent::MemberAdded(&b_joins));
+        follow(
+            &mut w,
+            1,
+            published_change(1, "fam", "b", serde_json::json!({})),
+        );
+        let removed = Event::MemberRemoved(MemberRemoved {
+            space_id: "fam".into(),
+            user_id: "b".into(),
+        });
+        follow(&mut w, 2, published_event(2, "service", removed));
+        // Authorized by a gateway before the removal, logged after it.
+        follow(
+            &mut w,
+            3,
+            published_change(3, "fam", "b", serde_json::json!({})),
+        );
+        // b's own personal space needs no membership.
+        let personal = personal_space_id("b");
+        follow(
+            &mut w,
+            4,
+            published_change(4, &personal, "b", serde_json::json!({})),
+        );
+        // Nor does anyone get in by writing before joining.
+        follow(
+            &mut w,
+            5,
+            published_change(5, "fam", "c", serde_json::json!({})),
+        );
+        let c_joins = Event::MemberAdded(MemberAdded {
+            space_id: "fam".into(),
+            user_id: "c".into(),
+            role: schemas::Role::Member,
+        });
+        follow(&mut w, 6, published_event(6, "service", c_joins));
+        follow(
+            &mut w,
+            7,
+            published_change(7, "fam", "c", serde_json::json!({})),
+        );
+        assert_eq!(w.end, 7);
+
+        let spaces = vec!["fam".to_owned(), personal];
+        assert_eq!(
+            seqs(&w.page(&query(&spaces, 0, "a")).expect("in the window")),
+            [1, 4, 7]
+        );
+        // The parked changes are in the log all the same: a resend of one is a duplicate.
+        let ids = [3, 5, 7].map(Uuid::from_u128);
+        assert_eq!(w.logged(&ids).len(), 3);
     }
 
     #[test]

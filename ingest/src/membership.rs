@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use schemas::{Role, SpaceType, membership::MembershipEvent};
+use schemas::{Role, SpaceType, membership::MembershipEvent, space::personal_space_id};
 
 use crate::Access;
 
@@ -83,6 +83,14 @@ impl Memberships {
 
     pub fn role(&self, space_id: &str, user_id: &str) -> Option<Role> {
         self.by_user.get(user_id)?.get(space_id).copied()
+    }
+
+    /// Whether `user_id` may write into `space_id` now: it is their personal space, or
+    /// they are a member with a writing role (what [`Access::can_write`] says of the
+    /// same state, without building the caller's whole access).
+    pub fn may_write(&self, user_id: &str, space_id: &str) -> bool {
+        self.role(space_id, user_id).is_some_and(Role::can_write)
+            || space_id == personal_space_id(user_id)
     }
 
     /// Every space `user_id` is a member of, with the role.
@@ -230,5 +238,55 @@ mod tests {
         assert_eq!(m.role("fam", "a"), None);
         // Only the personal space is left.
         assert_eq!(m.access("a").readable_spaces().len(), 1);
+    }
+
+    #[test]
+    fn may_write_says_what_access_says() {
+        let mut m = Memberships::default();
+        m.apply(MembershipEvent::SpaceCreated(&created("fam")));
+        m.apply(MembershipEvent::MemberAdded(&added(
+            "fam",
+            "a",
+            Role::Owner,
+        )));
+        m.apply(MembershipEvent::MemberAdded(&added(
+            "fam",
+            "b",
+            Role::Member,
+        )));
+        m.apply(MembershipEvent::MemberAdded(&added(
+            "fam",
+            "v",
+            Role::Viewer,
+        )));
+        m.apply(MembershipEvent::MemberAdded(&added(
+            "fam",
+            "x",
+            Role::Member,
+        )));
+        m.apply(MembershipEvent::MemberRemoved(&MemberRemoved {
+            space_id: "fam".into(),
+            user_id: "x".into(),
+        }));
+        let spaces = [
+            "fam",
+            "elsewhere",
+            &personal_space_id("a"),
+            &personal_space_id("b"),
+        ];
+        for user in ["a", "b", "v", "x", "nobody"] {
+            for space in spaces {
+                assert_eq!(
+                    m.may_write(user, space),
+                    m.access(user).can_write(space),
+                    "{user} in {space}"
+                );
+            }
+        }
+        assert!(m.may_write("b", "fam"));
+        assert!(!m.may_write("v", "fam"));
+        assert!(!m.may_write("x", "fam"));
+        assert!(m.may_write("x", &personal_space_id("x")));
+        assert!(!m.may_write("x", &personal_space_id("a")));
     }
 }

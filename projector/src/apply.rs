@@ -3,11 +3,15 @@
 //! the checkpoint — all or nothing. Record state follows from `change_log` in the
 //! records stage (`records.rs`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use schemas::{Envelope, Event, RecordChanged, membership::MembershipEvent, time};
+use ingest::membership::{Memberships, Space};
+use schemas::{
+    Envelope, Event, RecordChanged, Role, SpaceType, membership::MembershipEvent,
+    space::personal_space_id, time,
+};
 use sqlx::{PgPool, Postgres, Row as _, Transaction};
 
 use crate::records::{Handoff, Logged};
@@ -189,6 +193,22 @@ async fn apply(
         }
     }
 
+    let mut refused = refused_writes(&mut tx, &changes).await?;
+    let changes: Vec<Decoded<'_>> = if refused.is_empty() {
+        changes
+    } else {
+        changes
+            .into_iter()
+            .filter_map(|(msg, env)| match refused.remove(&msg.seq) {
+                Some(reason) => {
+                    poison.push((msg, reason));
+                    None
+                }
+                None => Some((msg, env)),
+            })
+            .collect()
+    };
+
     let (records, memberships): (Vec<_>, Vec<_>) = changes
         .into_iter()
         .partition(|(_, env)| matches!(env.event, Event::RecordChanged(_)));
@@ -269,6 +289,83 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Envelope, String> {
 }
 
 type Decoded<'a> = (&'a Incoming, Envelope);
+
+/// The record changes of `changes` (in log order) whose author may not write into their
+/// space at their position in the log, by position, with the reason each is parked.
+///
+/// The gateway authorizes a push against its membership view before publishing it; a
+/// push authorized just before a `MemberRemoved` (or a demotion to viewer, or the
+/// space's deletion) and published after it lands here, and is not projected. The
+/// rule is [`Memberships::may_write`] at the change's position: membership as of the
+/// batch's start (read for the spaces and authors concerned only), then the batch's own
+/// membership events in order. Every gateway's log tail applies the same rule at the
+/// same positions, so push responses leave out what the change log never holds.
+async fn refused_writes(
+    tx: &mut Transaction<'_, Postgres>,
+    changes: &[Decoded<'_>],
+) -> Result<HashMap<u64, String>, sqlx::Error> {
+    // Writes into the author's personal space need no membership.
+    let shared: HashSet<(&str, &str)> = changes
+        .iter()
+        .filter_map(record_change)
+        .map(|(_, rc, env)| (rc.space_id.as_str(), env.metadata.user_id.as_str()))
+        .filter(|(space, user)| *space != personal_space_id(user))
+        .collect();
+    if shared.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (spaces, users): (Vec<&str>, Vec<&str>) = shared.into_iter().unzip();
+    let mut members = Memberships::default();
+    let rows = sqlx::query(
+        "SELECT space_id, type, name, deleted_seq IS NOT NULL FROM spaces WHERE space_id = ANY($1)",
+    )
+    .bind(&spaces)
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in rows {
+        if let Some(space_type) = SpaceType::parse(r.get(1)) {
+            let space = Space {
+                space_type,
+                name: r.get(2),
+                deleted: r.get(3),
+            };
+            members.load_space(r.get(0), space);
+        }
+    }
+    let rows = sqlx::query(
+        "SELECT m.space_id, m.user_id, m.role FROM space_members m \
+         JOIN UNNEST($1::text[], $2::text[]) AS p(space_id, user_id) \
+           ON m.space_id = p.space_id AND m.user_id = p.user_id",
+    )
+    .bind(&spaces)
+    .bind(&users)
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in rows {
+        if let Some(role) = Role::parse(r.get(2)) {
+            members.load_member(r.get(0), r.get(1), role);
+        }
+    }
+    let mut refused = HashMap::new();
+    for (msg, env) in changes {
+        match &env.event {
+            Event::RecordChanged(rc) if !members.may_write(&env.metadata.user_id, &rc.space_id) => {
+                let reason = format!(
+                    "unauthorized: user {:?} may not write into space {:?} at this position of \
+                     the log (not a member with a writing role)",
+                    env.metadata.user_id, rc.space_id
+                );
+                refused.insert(msg.seq, reason);
+            }
+            other => {
+                if let Some(event) = other.membership() {
+                    members.apply(event);
+                }
+            }
+        }
+    }
+    Ok(refused)
+}
 
 /// Inserts the record changes; returns the positions written (an event whose id is
 /// in the log already is not).

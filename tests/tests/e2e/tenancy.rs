@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sync_tests::{TestApp, changes, eventually, ids};
+use sync_tests::{RunningProjector, TestApp, changes, eventually, ids, projector_config};
 
 const FAM: &str = "fam-1";
 
@@ -374,6 +374,97 @@ async fn removal_is_immediate_on_every_gateway_and_keeps_earlier_data() {
 
     // B's earlier data stays in the space for A.
     assert_eq!(pull_ids(&app, "A", &[("spaceId", FAM)]).await, ["b-before"]);
+}
+
+/// A write its gateway authorized just before the author's removal, but logged after
+/// the `MemberRemoved`, is not projected: the projector parks it with the reason, and
+/// neither a push response (from the log tail) nor a pull returns it.
+#[tokio::test]
+async fn a_write_logged_after_its_authors_removal_is_parked_and_never_served() {
+    let mut app = TestApp::spawn().await;
+    app.create_space(FAM, "A", &[("B", "member")]).await;
+    push_ok(&app, "B", json!([insert("b-before", Some(FAM), json!({}))])).await;
+    app.wait_projected().await;
+    app.wait_tail_live(&app.gateway.base).await;
+    // With the projector stopped, push responses can only come from the tail.
+    app.projector.take().expect("running").stop().await;
+    let removed = app
+        .internal(
+            Method::DELETE,
+            &format!("/internal/spaces/{FAM}/members/B"),
+            None,
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+
+    // B's next change, as a gateway that authorized it before the removal publishes it.
+    let template = app.change_message(1).await;
+    let mut late: Value = serde_json::from_slice(&template.payload).unwrap();
+    assert_eq!(late["payload"]["recordId"], "b-before", "{late}");
+    late["eventId"] = json!(uuid::Uuid::new_v4());
+    late["payload"]["recordId"] = json!("b-late");
+    late["payload"]["data"]["text"] = json!("b-late");
+    let late_seq = app
+        .nats
+        .jetstream()
+        .await
+        .publish(
+            template.subject.clone(),
+            serde_json::to_vec(&late).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+
+    // A pushes after it; the response comes from the tail, which has seen b-late.
+    let reply = app
+        .push_on(
+            &app.gateway.base,
+            "A",
+            "notes",
+            &changes(json!([insert("a-after", Some(FAM), json!({}))])),
+        )
+        .await;
+    assert_eq!(ids(&reply), ["b-before"], "{}", reply.body);
+
+    // The projector, restarted, parks b-late and projects the rest.
+    app.projector = Some(
+        RunningProjector::start(projector_config(
+            &app.nats,
+            &app.db,
+            schemas::projection::DEFAULT_PROJECTOR,
+        ))
+        .await,
+    );
+    app.wait_projected().await;
+    let parked: Vec<(i64, String)> = sqlx::query_as("SELECT seq, reason FROM dead_letters")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].0, late_seq as i64);
+    assert!(
+        parked[0].1.starts_with("unauthorized") && parked[0].1.contains(r#""B""#),
+        "{parked:?}"
+    );
+    assert_eq!(
+        app.db
+            .strings("SELECT record_id FROM change_log ORDER BY seq")
+            .await,
+        ["b-before", "a-after"]
+    );
+    assert_eq!(
+        app.db
+            .strings("SELECT record_id FROM records ORDER BY record_id")
+            .await,
+        ["a-after", "b-before"]
+    );
+    assert_eq!(
+        pull_ids(&app, "A", &[("spaceId", FAM)]).await,
+        ["b-before", "a-after"]
+    );
 }
 
 #[tokio::test]
