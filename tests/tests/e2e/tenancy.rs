@@ -399,24 +399,21 @@ async fn a_write_logged_after_its_authors_removal_is_parked_and_never_served() {
 
     // B's next change, as a gateway that authorized it before the removal publishes it.
     let template = app.change_message(1).await;
-    let mut late: Value = serde_json::from_slice(&template.payload).unwrap();
-    assert_eq!(late["payload"]["recordId"], "b-before", "{late}");
-    late["eventId"] = json!(uuid::Uuid::new_v4());
-    late["payload"]["recordId"] = json!("b-late");
-    late["payload"]["data"]["text"] = json!("b-late");
-    let late_seq = app
-        .nats
-        .jetstream()
-        .await
-        .publish(
-            template.subject.clone(),
-            serde_json::to_vec(&late).unwrap().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence;
+    let b_event: Value = serde_json::from_slice(&template.payload).unwrap();
+    assert_eq!(b_event["payload"]["recordId"], "b-before", "{b_event}");
+    let js = app.nats.jetstream().await;
+    let publish_as_b = |id: &str| {
+        let mut event = b_event.clone();
+        event["eventId"] = json!(uuid::Uuid::new_v4());
+        event["payload"]["recordId"] = json!(id);
+        event["payload"]["data"]["text"] = json!(id);
+        let (js, subject) = (js.clone(), template.subject.clone());
+        async move {
+            let ack = js.publish(subject, serde_json::to_vec(&event).unwrap().into());
+            ack.await.unwrap().await.unwrap().sequence as i64
+        }
+    };
+    let late_seq = publish_as_b("b-late").await;
 
     // A pushes after it; the response comes from the tail, which has seen b-late.
     let reply = app
@@ -429,7 +426,9 @@ async fn a_write_logged_after_its_authors_removal_is_parked_and_never_served() {
         .await;
     assert_eq!(ids(&reply), ["b-before"], "{}", reply.body);
 
-    // The projector, restarted, parks b-late and projects the rest.
+    // The projector, restarted, catches up on the removal, b-late and a-after (the
+    // removal in the same batch as b-late, or committed before it): it parks b-late and
+    // projects the rest.
     app.projector = Some(
         RunningProjector::start(projector_config(
             &app.nats,
@@ -439,16 +438,22 @@ async fn a_write_logged_after_its_authors_removal_is_parked_and_never_served() {
         .await,
     );
     app.wait_projected().await;
-    let parked: Vec<(i64, String)> = sqlx::query_as("SELECT seq, reason FROM dead_letters")
-        .fetch_all(&app.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(parked.len(), 1, "{parked:?}");
-    assert_eq!(parked[0].0, late_seq as i64);
-    assert!(
-        parked[0].1.starts_with("unauthorized") && parked[0].1.contains(r#""B""#),
-        "{parked:?}"
-    );
+    // A later one, in a batch of its own: refused by the projected membership.
+    let later_seq = publish_as_b("b-later").await;
+    app.wait_projected().await;
+    let parked: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, reason FROM dead_letters ORDER BY seq")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    let seqs: Vec<i64> = parked.iter().map(|p| p.0).collect();
+    assert_eq!(seqs, [late_seq, later_seq], "{parked:?}");
+    for (_, reason) in &parked {
+        assert!(
+            reason.starts_with("unauthorized") && reason.contains(r#""B""#),
+            "{parked:?}"
+        );
+    }
     assert_eq!(
         app.db
             .strings("SELECT record_id FROM change_log ORDER BY seq")
