@@ -304,12 +304,20 @@ async fn refused_writes(
     tx: &mut Transaction<'_, Postgres>,
     changes: &[Decoded<'_>],
 ) -> Result<HashMap<u64, String>, sqlx::Error> {
-    // Writes into the author's personal space need no membership.
-    let shared: HashSet<(&str, &str)> = changes
+    // Writes into the author's personal space need no membership (its id is derived
+    // from the user's, once per author and batch).
+    let pairs: HashSet<(&str, &str)> = changes
         .iter()
         .filter_map(record_change)
         .map(|(_, rc, env)| (rc.space_id.as_str(), env.metadata.user_id.as_str()))
-        .filter(|(space, user)| *space != personal_space_id(user))
+        .collect();
+    let personal: HashMap<&str, String> = pairs
+        .iter()
+        .map(|&(_, user)| (user, personal_space_id(user)))
+        .collect();
+    let shared: Vec<(&str, &str)> = pairs
+        .into_iter()
+        .filter(|&(space, user)| personal.get(user).is_none_or(|p| p != space))
         .collect();
     if shared.is_empty() {
         return Ok(HashMap::new());

@@ -417,6 +417,17 @@ impl TestApp {
         .await;
     }
 
+    /// Stops the app's projector (cleanly); the log goes on without it.
+    pub async fn stop_projector(&mut self) {
+        self.projector.take().expect("running").stop().await;
+    }
+
+    /// Starts the app's projector again; it resumes at its checkpoint.
+    pub async fn restart_projector(&mut self) {
+        let config = projector_config(&self.nats, &self.db, schemas::projection::DEFAULT_PROJECTOR);
+        self.projector = Some(RunningProjector::start(config).await);
+    }
+
     /// Waits until the projector has applied everything in the log.
     pub async fn wait_projected(&self) {
         let last = self.stream_messages_last_seq().await;

@@ -127,7 +127,7 @@ async fn projector_stopped_after_a_push(tail_events: usize) -> (TestApp, Running
         .await;
     app.wait_tail_live(&app.gateway.base).await;
     app.wait_tail_live(&g.base).await;
-    app.projector.take().expect("running").stop().await;
+    app.stop_projector().await;
     let first = changes(json!([insert("a"), insert("b")]));
     let reply = app.push("alice", "laptop", "todo", &first).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);

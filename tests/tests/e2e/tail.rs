@@ -5,7 +5,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sync_tests::{Reply, RunningProjector, TestApp, ids, projector_config};
+use sync_tests::{Reply, TestApp, ids};
 
 const FAM: &str = "fam-tail";
 
@@ -61,11 +61,7 @@ async fn push_responses_come_from_the_tail_and_equal_postgres() {
     // A's changes can only come from the gateway's tail of the log (PostgreSQL's path
     // would wait for the projector and fail with 503).
     app.wait_tail_live(&app.gateway.base).await;
-    app.projector
-        .take()
-        .expect("projector running")
-        .stop()
-        .await;
+    app.stop_projector().await;
     let g = app.gateway.base.clone();
     let reply = push(&app, &g, "A", "a-phone", batch).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
@@ -87,14 +83,7 @@ async fn push_responses_come_from_the_tail_and_equal_postgres() {
         .to_owned();
 
     // Once PostgreSQL has everything, a gateway without a tail answers exactly the same.
-    app.projector = Some(
-        RunningProjector::start(projector_config(
-            &app.nats,
-            &app.db,
-            schemas::projection::DEFAULT_PROJECTOR,
-        ))
-        .await,
-    );
+    app.restart_projector().await;
     app.wait_projected().await;
     let postgres_only = app.another_gateway_with(|c| c.tail_events = 0).await;
     for (user, client) in [

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sync_tests::{RunningProjector, TestApp, changes, eventually, ids, projector_config};
+use sync_tests::{TestApp, changes, eventually, ids};
 
 const FAM: &str = "fam-1";
 
@@ -47,6 +47,13 @@ async fn push_refused(app: &TestApp, user: &str, batch: Value, index: usize) -> 
         .as_str()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Removes `user` from the family space through the internal API.
+async fn remove_from_fam(app: &TestApp, user: &str) {
+    let path = format!("/internal/spaces/{FAM}/members/{user}");
+    let removed = app.internal(Method::DELETE, &path, None).await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
 }
 
 /// `user`'s push into the family space, on the gateway at `base`, is refused.
@@ -340,14 +347,7 @@ async fn removal_is_immediate_on_every_gateway_and_keeps_earlier_data() {
     })
     .await;
 
-    let removed = app
-        .internal(
-            Method::DELETE,
-            &format!("/internal/spaces/{FAM}/members/B"),
-            None,
-        )
-        .await;
-    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+    remove_from_fam(&app, "B").await;
     let at = Instant::now();
 
     // On the gateway that took the call: the very next request.
@@ -387,15 +387,8 @@ async fn a_write_logged_after_its_authors_removal_is_parked_and_never_served() {
     app.wait_projected().await;
     app.wait_tail_live(&app.gateway.base).await;
     // With the projector stopped, push responses can only come from the tail.
-    app.projector.take().expect("running").stop().await;
-    let removed = app
-        .internal(
-            Method::DELETE,
-            &format!("/internal/spaces/{FAM}/members/B"),
-            None,
-        )
-        .await;
-    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+    app.stop_projector().await;
+    remove_from_fam(&app, "B").await;
 
     // B's next change, as a gateway that authorized it before the removal publishes it.
     let template = app.change_message(1).await;
@@ -429,14 +422,7 @@ async fn a_write_logged_after_its_authors_removal_is_parked_and_never_served() {
     // The projector, restarted, catches up on the removal, b-late and a-after (the
     // removal in the same batch as b-late, or committed before it): it parks b-late and
     // projects the rest.
-    app.projector = Some(
-        RunningProjector::start(projector_config(
-            &app.nats,
-            &app.db,
-            schemas::projection::DEFAULT_PROJECTOR,
-        ))
-        .await,
-    );
+    app.restart_projector().await;
     app.wait_projected().await;
     // A later one, in a batch of its own: refused by the projected membership.
     let later_seq = publish_as_b("b-later").await;
@@ -681,14 +667,7 @@ async fn membership_state_that_cannot_be_read_fails_closed() {
     let mut app = TestApp::spawn().await;
     app.create_space(FAM, "A", &[("B", "member")]).await;
     push_ok(&app, "A", json!([insert("a-shared", Some(FAM), json!({}))])).await;
-    let removed = app
-        .internal(
-            Method::DELETE,
-            &format!("/internal/spaces/{FAM}/members/B"),
-            None,
-        )
-        .await;
-    assert_eq!(removed.status, StatusCode::OK);
+    remove_from_fam(&app, "B").await;
     app.wait_projected().await;
 
     // NATS down: the view stops following; access comes from PostgreSQL's projection,
