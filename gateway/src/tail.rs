@@ -37,7 +37,7 @@ use fastbloom::BloomFilter;
 use futures::{StreamExt as _, TryStreamExt as _};
 use ingest::membership::Memberships;
 use schemas::{
-    Cursor, Event, RecordChanged, space::personal_space_id, subject::escape_token,
+    Cursor, Envelope, Event, RecordChanged, space::personal_space_id, subject::escape_token,
     wire::ServerChangeView,
 };
 use serde::{Deserialize, Serialize};
@@ -93,7 +93,8 @@ struct Window {
 
 /// A message on a record-change subject. It is decoded when a read first needs it
 /// (reads filter on the subject first), or at once when it may change a record's
-/// visibility or its event id is not where the gateway writes it.
+/// visibility, its event id is not where the gateway writes it, or it writes into a
+/// space other than its author's personal one (the membership check needs the space).
 struct Entry {
     seq: u64,
     event_id: Uuid,
@@ -123,6 +124,45 @@ struct Change {
     record_id: String,
     user_id: String,
     json: Box<RawValue>,
+}
+
+/// A message of the log as the tail takes it in, read (and decoded as far as taking it
+/// in needs) before the window is locked.
+enum Arrival {
+    /// A message on a record-change subject; `shared`: its author writes into a space
+    /// other than their personal one, so the window checks their membership (the
+    /// change is decoded already).
+    Change {
+        entry: Entry,
+        visibility: Option<String>,
+        shared: bool,
+    },
+    /// Any other message: the membership event it is, if it is a valid one, and its id.
+    Other {
+        membership: Option<Envelope>,
+        id: Option<Uuid>,
+    },
+}
+
+impl Arrival {
+    fn read(seq: u64, subject: &str, payload: &bytes::Bytes) -> Self {
+        match Entry::read(seq, subject, payload) {
+            Some((entry, visibility)) => {
+                let shared = entry.writes_into_a_shared_space();
+                Self::Change {
+                    entry,
+                    visibility,
+                    shared,
+                }
+            }
+            None => Self::Other {
+                membership: projector::apply::decode(subject, payload)
+                    .ok()
+                    .filter(|env| env.event.membership().is_some()),
+                id: leading_event_id(payload),
+            },
+        }
+    }
 }
 
 /// What a page of the tail is asked for: the same as a read of the change log.
@@ -267,8 +307,9 @@ impl LogTail {
                 .info()
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .stream_sequence;
+            let arrival = Arrival::read(seq, &msg.subject, &msg.payload);
             let mut window = self.write();
-            window.follow(seq, &msg.subject, &msg.payload);
+            window.follow(seq, arrival);
             window.evict(self.0.max_events, self.0.max_bytes);
             drop(window);
             self.0.following.reached(seq);
@@ -298,21 +339,21 @@ impl Window {
     }
 
     /// Takes in the message at `seq`, the next one of the log.
-    fn follow(&mut self, seq: u64, subject: &str, payload: &bytes::Bytes) {
-        match Entry::read(seq, subject, payload) {
-            Some((entry, visibility)) if self.may_write(&entry) => {
-                self.push(entry, visibility.as_deref());
-            }
+    fn follow(&mut self, seq: u64, arrival: Arrival) {
+        match arrival {
+            Arrival::Change {
+                entry,
+                visibility,
+                shared,
+            } if !shared || self.may_write(&entry) => self.push(entry, visibility.as_deref()),
             // Parked by the projector: in the log (a resend of it is a duplicate), not
             // in the change log.
-            Some((entry, _)) => self.push_other(seq, entry.event_id),
-            None => {
-                if let Ok(env) = projector::apply::decode(subject, payload)
-                    && let Some(event) = env.event.membership()
-                {
+            Arrival::Change { entry, .. } => self.push_other(seq, entry.event_id),
+            Arrival::Other { membership, id } => {
+                if let Some(event) = membership.as_ref().and_then(|env| env.event.membership()) {
                     self.members.apply(event);
                 }
-                if let Some(id) = leading_event_id(payload) {
+                if let Some(id) = id {
                     self.push_other(seq, id);
                 }
             }
@@ -323,13 +364,6 @@ impl Window {
     /// Whether the author of `entry` may write into its space here (the projector's
     /// rule). A message that is not a valid change passes: no read returns it.
     fn may_write(&self, entry: &Entry) -> bool {
-        let (Some(by), Some((space, _, _))) = (&entry.by, entry.subject_tokens()) else {
-            return true;
-        };
-        // The common case, told from the subject: the author's personal space.
-        if space == escape_token(&personal_space_id(&by.user_id)) {
-            return true;
-        }
         entry
             .change()
             .is_none_or(|c| self.members.may_write(&c.user_id, &c.space_id))
@@ -630,6 +664,17 @@ impl Entry {
         self.by
             .as_ref()
             .is_some_and(|by| by.client_id == client && by.user_id == user)
+    }
+
+    /// Whether its author writes into a space other than their personal one (told from
+    /// the subject); if so, the change is decoded now, for the membership check. A
+    /// message that is not a valid change is not: no read returns it.
+    fn writes_into_a_shared_space(&self) -> bool {
+        let (Some(by), Some((space, _, _))) = (&self.by, self.subject_tokens()) else {
+            return false;
+        };
+        let shared = space != escape_token(&personal_space_id(&by.user_id));
+        shared && self.change().is_some()
     }
 
     /// Space, app and table tokens of the subject (`None` if it has another shape, which
@@ -997,7 +1042,7 @@ mod tests {
         use schemas::membership::{MemberAdded, MemberRemoved, SpaceCreated};
         let mut w = Window::empty(0);
         let follow = |w: &mut Window, seq: u64, (subject, payload): (String, bytes::Bytes)| {
-            w.follow(seq, &subject, &payload);
+            w.follow(seq, Arrival::read(seq, &subject, &payload));
         };
         // As of the snapshot: the space exists and b is a member.
         w.members
