@@ -181,7 +181,7 @@ async fn run(s: &Settings, rts: &Runtimes) -> anyhow::Result<Results> {
                 raw::Mode::Individual,
             ),
         ] {
-            let devices = workload::devices(&tag(what), s.clients, requests, batch)?;
+            let devices = workload::devices(&tag(what), s.clients, requests, batch, None)?;
             let events = devices
                 .iter()
                 .map(workload::raw_events)
@@ -201,7 +201,7 @@ async fn run(s: &Settings, rts: &Runtimes) -> anyhow::Result<Results> {
             ("b1", s.push1_requests, 1),
             ("bn", s.push_batch_requests, s.batch),
         ] {
-            let devices = workload::devices(&tag(what), s.clients, requests, batch)?;
+            let devices = workload::devices(&tag(what), s.clients, requests, batch, None)?;
             stack.wait_idle(s.limit).await?;
             let run = push::gateway(&stack, devices, s.chain_since, s.limit).await?;
             if batch == 1 {
@@ -210,13 +210,29 @@ async fn run(s: &Settings, rts: &Runtimes) -> anyhow::Result<Results> {
                 r.push_batch_gateway.push(run);
             }
         }
+        progress!("run {rep}/{}: gateway pushes into one shared space", s.reps);
+        // The same pushes of `batch`, every device a member of one shared space: each
+        // response carries what the others pushed since the device's previous one.
+        let space = format!("{}-shared", tag("space"));
+        let devices = workload::devices(
+            &tag("shared"),
+            s.clients,
+            s.push_batch_requests,
+            s.batch,
+            Some(&space),
+        )?;
+        let users: Vec<&str> = devices.iter().map(|d| d.user.as_str()).collect();
+        stack.create_space(&space, &users).await?;
+        stack.wait_idle(s.limit).await?;
+        r.push_shared_gateway
+            .push(push::gateway(&stack, devices, s.chain_since, s.limit).await?);
         progress!(
             "run {rep}/{}: end-to-end burst of {} changes",
             s.reps,
             s.e2e_changes
         );
         let requests = s.e2e_changes.div_ceil(s.clients * s.batch);
-        let devices = workload::devices(&tag("e2e"), s.clients, requests, s.batch)?;
+        let devices = workload::devices(&tag("e2e"), s.clients, requests, s.batch, None)?;
         r.e2e
             .push(e2e::measure(&stack, devices, s.chain_since, s.limit).await?);
         progress!(
@@ -224,7 +240,7 @@ async fn run(s: &Settings, rts: &Runtimes) -> anyhow::Result<Results> {
             s.reps,
             s.e2e_changes
         );
-        let devices = workload::devices(&tag("drain"), s.clients, requests, s.batch)?;
+        let devices = workload::devices(&tag("drain"), s.clients, requests, s.batch, None)?;
         let events = devices
             .iter()
             .map(workload::raw_events)
@@ -293,8 +309,10 @@ fn context(s: &Settings) -> Context {
     }
     let workload = vec![
         format!(
-            "Workload: distinct record inserts (~300 bytes each), {} clients each its own user; \
-             push b=1 {} pushes/client, push b={} {} pushes/client, end-to-end {} changes, \
+            "Workload: distinct record inserts (~300 bytes each), {} clients each its own user, \
+             writing into their personal spaces (or, in the shared-space measurement, all into one \
+             space they are members of); push b=1 {} pushes/client, push b={} {} pushes/client, \
+             end-to-end {} changes, \
              pull {} random full pages/run from {} rows; {} run(s); clients {}",
             s.clients,
             s.push1_requests,

@@ -47,7 +47,7 @@ pub async fn load(
             user: OWNER.to_owned(),
             client_id: format!("loader{d}"),
             token: token.clone(),
-            batches: workload::batches("pull", d, requests, per_batch),
+            batches: workload::batches("pull", d, requests, per_batch, None),
             per_batch,
         })
         .collect();

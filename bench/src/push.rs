@@ -181,9 +181,10 @@ async fn gateway_device(
         match reply {
             Ok((status, bytes)) if status.is_success() => {
                 out.ok(elapsed, device.per_batch);
-                since = serde_json::from_slice::<serde_json::Value>(&bytes)
+                // Only the cursor is read (the changes are skipped, not built).
+                since = serde_json::from_slice::<Answered>(&bytes)
                     .ok()
-                    .and_then(|v| v["syncedUntil"].as_str().map(str::to_owned));
+                    .and_then(|a| a.synced_until);
             }
             Ok((status, bytes)) => out.failed(
                 status.as_str(),
@@ -194,6 +195,13 @@ async fn gateway_device(
     }
     out.finished = Instant::now();
     out
+}
+
+/// What a device reads of a push response.
+#[derive(serde::Deserialize)]
+struct Answered {
+    #[serde(rename = "syncedUntil")]
+    synced_until: Option<String>,
 }
 
 /// Releases the devices together and merges what they measured.

@@ -22,6 +22,8 @@ pub struct Results {
     pub push1_gateway: Vec<PushRun>,
     pub push1_raw: Vec<PushRun>,
     pub push_batch_gateway: Vec<PushRun>,
+    /// The same pushes, every device a member of one shared space.
+    pub push_shared_gateway: Vec<PushRun>,
     pub push_batch_raw: Vec<PushRun>,
     pub push_batch_raw_individual: Vec<PushRun>,
     pub e2e: Vec<E2eRun>,
@@ -139,6 +141,16 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
             "atomic batch + commit ack, as the gateway",
             Some(TARGET_PUSH_100),
         ),
+        (
+            format!(
+                "Push, batch of {b}, {c} clients, all members of one shared space (each \
+                 response carries the others' changes since the client's previous one)"
+            ),
+            &r.push_shared_gateway,
+            &r.push_batch_raw,
+            "atomic batch + commit ack, as the gateway",
+            None,
+        ),
     ] {
         let (Some(g), Some(w)) = (median(gw, PushRun::rate), median(raw, PushRun::rate)) else {
             continue;
@@ -220,6 +232,11 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
         &mut out,
         &format!("Push b={b}, gateway"),
         r.push_batch_gateway.iter().map(push_cell).collect(),
+    );
+    row(
+        &mut out,
+        &format!("Push b={b}, gateway, one shared space"),
+        r.push_shared_gateway.iter().map(push_cell).collect(),
     );
     row(
         &mut out,
@@ -323,6 +340,13 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
     if let Some(x) = median(&r.push_batch_gateway, PushRun::rate) {
         cpu_row(&mut out, &format!("Push b={b}, gateway"), &x.cpu);
     }
+    if let Some(x) = median(&r.push_shared_gateway, PushRun::rate) {
+        cpu_row(
+            &mut out,
+            &format!("Push b={b}, gateway, one shared space"),
+            &x.cpu,
+        );
+    }
     if let Some(x) = median(&r.push_batch_raw, PushRun::rate) {
         cpu_row(
             &mut out,
@@ -358,6 +382,7 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
         ("push b=1 gateway", &r.push1_gateway),
         ("push b=1 raw", &r.push1_raw),
         ("push batch gateway", &r.push_batch_gateway),
+        ("push batch gateway, shared space", &r.push_shared_gateway),
         ("push batch raw atomic", &r.push_batch_raw),
         ("push batch raw individual", &r.push_batch_raw_individual),
     ] {

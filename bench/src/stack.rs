@@ -117,6 +117,34 @@ impl Stack {
         }
     }
 
+    /// Creates a shared space (type family) owned by the first of `users`, the others
+    /// members, through the gateway's internal API.
+    pub async fn create_space(&self, space: &str, users: &[&str]) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let call = |path: String, body: serde_json::Value| {
+            http.post(format!("{}{path}", self.base))
+                .bearer_auth(sync_tests::SERVICE_KEY)
+                .json(&body)
+                .send()
+        };
+        let (owner, members) = users.split_first().context("a space needs an owner")?;
+        let body = serde_json::json!({
+            "spaceId": space, "type": "family", "name": space, "ownerId": owner,
+        });
+        call("/internal/spaces".into(), body)
+            .await?
+            .error_for_status()
+            .context("creating the space")?;
+        for user in members {
+            let body = serde_json::json!({ "userId": user, "role": "member" });
+            call(format!("/internal/spaces/{space}/members"), body)
+                .await?
+                .error_for_status()
+                .context("adding a member")?;
+        }
+        Ok(())
+    }
+
     /// Waits until everything in the log is in PostgreSQL.
     pub async fn wait_idle(&self, limit: Duration) -> anyhow::Result<()> {
         let last = self.last_seq().await?;

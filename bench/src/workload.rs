@@ -30,9 +30,10 @@ pub struct RawEvent {
     pub payload: Bytes,
 }
 
-/// A distinct record insert, about the size of a small app record.
-fn change(record_id: &str, n: usize) -> serde_json::Value {
-    json!({
+/// A distinct record insert, about the size of a small app record; into `space`, or
+/// the author's personal space.
+fn change(record_id: &str, n: usize, space: Option<&str>) -> serde_json::Value {
+    let mut change = json!({
         "table": TABLE,
         "id": record_id,
         "op": "insert",
@@ -43,17 +44,28 @@ fn change(record_id: &str, n: usize) -> serde_json::Value {
             "tags": ["home", "errands"],
             "notes": "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.",
         },
-    })
+    });
+    if let Some(space) = space {
+        change["spaceId"] = json!(space);
+    }
+    change
 }
 
-/// `requests` batches of `per_batch` distinct inserts for device `device` of run `tag`.
-pub fn batches(tag: &str, device: usize, requests: usize, per_batch: usize) -> Vec<Bytes> {
+/// `requests` batches of `per_batch` distinct inserts for device `device` of run `tag`,
+/// into `space` (or the device's user's personal space).
+pub fn batches(
+    tag: &str,
+    device: usize,
+    requests: usize,
+    per_batch: usize,
+    space: Option<&str>,
+) -> Vec<Bytes> {
     (0..requests)
         .map(|r| {
             let changes: Vec<_> = (0..per_batch)
                 .map(|i| {
                     let n = r * per_batch + i;
-                    change(&format!("{tag}-d{device}-{n:07}"), n)
+                    change(&format!("{tag}-d{device}-{n:07}"), n, space)
                 })
                 .collect();
             Bytes::from(serde_json::to_vec(&changes).expect("JSON values serialize"))
@@ -66,13 +78,15 @@ pub fn token(user: &str) -> anyhow::Result<String> {
         .context("minting a token")
 }
 
-/// `devices` devices, each its own user (so no push response carries another
-/// device's changes), each pushing `requests` batches of `per_batch`.
+/// `devices` devices, each its own user, each pushing `requests` batches of `per_batch`:
+/// into its user's personal space (so no push response carries another device's
+/// changes), or all into `space`.
 pub fn devices(
     tag: &str,
     devices: usize,
     requests: usize,
     per_batch: usize,
+    space: Option<&str>,
 ) -> anyhow::Result<Vec<Device>> {
     (0..devices)
         .map(|d| {
@@ -80,7 +94,7 @@ pub fn devices(
             Ok(Device {
                 token: token(&user)?,
                 client_id: format!("device{d}"),
-                batches: batches(tag, d, requests, per_batch),
+                batches: batches(tag, d, requests, per_batch, space),
                 per_batch,
                 user,
             })
