@@ -15,12 +15,9 @@ use std::{
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt as _;
-use ingest::{
-    Access,
-    membership::{Memberships, Space},
-};
-use schemas::{Envelope, Role, SpaceType, subject::MEMBERSHIP_SUBJECTS};
-use sqlx::{PgConnection, PgPool, Row as _};
+use ingest::{Access, membership::Memberships};
+use schemas::{Envelope, Role, subject::MEMBERSHIP_SUBJECTS};
+use sqlx::{PgPool, Row as _};
 use tokio::sync::watch;
 
 use crate::{
@@ -176,37 +173,7 @@ impl MembershipView {
 /// Spaces and memberships as of the projector's checkpoint, read in one snapshot.
 async fn load_snapshot(pool: &PgPool, projector: &str) -> anyhow::Result<(Memberships, u64)> {
     let (mut tx, checkpoint) = snapshot_at_checkpoint(pool, projector).await?;
-    let state = load_memberships(&mut tx).await?;
+    let state = projector::memberships::load_all(&mut tx).await?;
     tx.commit().await?;
     Ok((state, checkpoint))
-}
-
-/// Every space and membership the projection holds, as `conn` sees them.
-pub(crate) async fn load_memberships(conn: &mut PgConnection) -> anyhow::Result<Memberships> {
-    let mut state = Memberships::default();
-    for r in sqlx::query("SELECT space_id, type, name, deleted_seq IS NOT NULL FROM spaces")
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        let Some(space_type) = SpaceType::parse(r.get(1)) else {
-            continue;
-        };
-        state.load_space(
-            r.get(0),
-            Space {
-                space_type,
-                name: r.get(2),
-                deleted: r.get(3),
-            },
-        );
-    }
-    for r in sqlx::query("SELECT space_id, user_id, role FROM space_members")
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        if let Some(role) = Role::parse(r.get(2)) {
-            state.load_member(r.get(0), r.get(1), role);
-        }
-    }
-    Ok(state)
 }

@@ -46,10 +46,7 @@ use sqlx::{PgPool, Row as _};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::{
-    follow::{Following, keep_following, snapshot_at_checkpoint},
-    membership::load_memberships,
-};
+use crate::follow::{Following, keep_following, snapshot_at_checkpoint};
 
 /// Identifies a record: space, app, table, id.
 type RecordKey = (String, String, String, String);
@@ -762,7 +759,7 @@ async fn load_snapshot(
     projector: &str,
 ) -> anyhow::Result<(PrivateRecords, Memberships, u64)> {
     let (mut tx, checkpoint) = snapshot_at_checkpoint(pool, projector).await?;
-    let members = load_memberships(&mut tx).await?;
+    let members = projector::memberships::load_all(&mut tx).await?;
     let count: i64 =
         sqlx::query_scalar("SELECT count(*) FROM record_visibility WHERE visibility = $1")
             .bind(PRIVATE)

@@ -7,10 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use ingest::membership::{Memberships, Space};
 use schemas::{
-    Envelope, Event, RecordChanged, Role, SpaceType, membership::MembershipEvent,
-    space::personal_space_id, time,
+    Envelope, Event, RecordChanged, membership::MembershipEvent, space::personal_space_id, time,
 };
 use sqlx::{PgPool, Postgres, Row as _, Transaction};
 
@@ -295,11 +293,12 @@ type Decoded<'a> = (&'a Incoming, Envelope);
 ///
 /// The gateway authorizes a push against its membership view before publishing it; a
 /// push authorized just before a `MemberRemoved` (or a demotion to viewer, or the
-/// space's deletion) and published after it lands here, and is not projected. The
-/// rule is [`Memberships::may_write`] at the change's position: membership as of the
-/// batch's start (read for the spaces and authors concerned only), then the batch's own
-/// membership events in order. Every gateway's log tail applies the same rule at the
-/// same positions, so push responses leave out what the change log never holds.
+/// space's deletion) and published after it lands here, and is not projected. The rule
+/// is [`ingest::membership::Memberships::may_write`] at the change's position:
+/// membership as of the batch's start (read for the spaces and authors concerned
+/// only), then the batch's own membership events in order. Every gateway's log tail
+/// applies the same rule at the same positions, so push responses leave out what the
+/// change log never holds.
 async fn refused_writes(
     tx: &mut Transaction<'_, Postgres>,
     changes: &[Decoded<'_>],
@@ -322,38 +321,7 @@ async fn refused_writes(
     if shared.is_empty() {
         return Ok(HashMap::new());
     }
-    let (spaces, users): (Vec<&str>, Vec<&str>) = shared.into_iter().unzip();
-    let mut members = Memberships::default();
-    let rows = sqlx::query(
-        "SELECT space_id, type, name, deleted_seq IS NOT NULL FROM spaces WHERE space_id = ANY($1)",
-    )
-    .bind(&spaces)
-    .fetch_all(&mut **tx)
-    .await?;
-    for r in rows {
-        if let Some(space_type) = SpaceType::parse(r.get(1)) {
-            let space = Space {
-                space_type,
-                name: r.get(2),
-                deleted: r.get(3),
-            };
-            members.load_space(r.get(0), space);
-        }
-    }
-    let rows = sqlx::query(
-        "SELECT m.space_id, m.user_id, m.role FROM space_members m \
-         JOIN UNNEST($1::text[], $2::text[]) AS p(space_id, user_id) \
-           ON m.space_id = p.space_id AND m.user_id = p.user_id",
-    )
-    .bind(&spaces)
-    .bind(&users)
-    .fetch_all(&mut **tx)
-    .await?;
-    for r in rows {
-        if let Some(role) = Role::parse(r.get(2)) {
-            members.load_member(r.get(0), r.get(1), role);
-        }
-    }
+    let mut members = crate::memberships::load_pairs(tx, &shared).await?;
     let mut refused = HashMap::new();
     for (msg, env) in changes {
         match &env.event {

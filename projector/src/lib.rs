@@ -9,6 +9,7 @@
 pub mod apply;
 mod config;
 mod consumer;
+pub mod memberships;
 pub mod records;
 pub mod telemetry;
 
