@@ -63,6 +63,13 @@ pub struct Config {
     /// Longest a push waits for JetStream to acknowledge its events, in milliseconds.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,
+    /// Origins whose browser apps may call the sync and health endpoints (CORS): `*` for
+    /// any, a comma-separated list of origins as browsers send them
+    /// (`https://app.example,http://localhost:5173`), or empty for none. Callers present
+    /// bearer tokens, never cookies, so allowing any origin lets a page do only what a
+    /// script outside a browser can do anyway. The internal API answers no other origin.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*")]
+    pub cors_allowed_origins: String,
 }
 
 impl Config {

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+mod cors;
 pub mod error;
 mod follow;
 mod log;
@@ -26,7 +27,7 @@ use ingest::Access;
 use schemas::Since;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
+use tower_http::{cors::CorsLayer, trace::TraceLayer};
 
 pub use config::Config;
 use {
@@ -271,6 +272,7 @@ impl App {
                 config.tail_memory_mib.saturating_mul(1 << 20),
             )
         });
+        let cors = cors::layer(&config.cors_allowed_origins)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .context("binding the listener")?;
@@ -285,7 +287,7 @@ impl App {
         }));
         Ok(Self {
             listener,
-            router: router(state),
+            router: router(state, cors),
         })
     }
 
@@ -307,11 +309,18 @@ impl App {
     }
 }
 
-fn router(state: AppState) -> Router {
-    Router::new()
+fn router(state: AppState, cors: Option<CorsLayer>) -> Router {
+    let public = Router::new()
         .route("/sync/{app_id}", post(routes::push::push))
         .route("/sync/{app_id}/pull", get(routes::pull::pull))
-        .route("/health", get(routes::health::health))
+        .route("/health", get(routes::health::health));
+    // Browser apps of the allowed origins; the internal API is for services only.
+    let public = match cors {
+        Some(cors) => public.layer(cors),
+        None => public,
+    };
+    Router::new()
+        .merge(public)
         .merge(routes::internal::router())
         .fallback(|| async {
             (

@@ -102,6 +102,7 @@ pub fn gateway_config(nats: &TestNats, db: &TestDb) -> gateway::Config {
         publish_timeout_ms: 2_000,
         tail_events: 100_000,
         tail_memory_mib: 128,
+        cors_allowed_origins: "*".to_owned(),
     }
 }
 

@@ -9,9 +9,12 @@ use axum::http::HeaderMap;
 
 use crate::error::ApiError;
 
+/// The header naming the client (device) of a request.
+pub const CLIENT_ID_HEADER: &str = "x-client-id";
+
 /// `X-Client-Id`, when the client sent one.
 pub fn client_id_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    match headers.get("x-client-id") {
+    match headers.get(CLIENT_ID_HEADER) {
         None => Ok(None),
         Some(v) => {
             let id = v
