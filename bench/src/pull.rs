@@ -85,12 +85,25 @@ pub struct PullRun {
     /// The same query as the gateway's caller: a transaction in the reader role with
     /// the caller set, under row-level security (`gateway::store::begin_as`).
     pub rls: Histogram<u64>,
+    /// The gateway's pull with `Accept-Encoding: zstd`, and with `gzip`: send to last
+    /// byte of the compressed answer (the client's decompression is not in it).
+    pub zstd: Histogram<u64>,
+    pub gzip: Histogram<u64>,
+    /// Bytes of all pages received: plain, zstd, gzip.
+    pub bytes: Bytes,
     pub errors: BTreeMap<String, u64>,
     pub first_error: Option<String>,
     /// Pages that were not full (1000 changes and `hasMore`).
     pub short_pages: u64,
     pub complete: bool,
     pub cpu: Usage,
+}
+
+#[derive(Default)]
+pub struct Bytes {
+    pub plain: u64,
+    pub zstd: u64,
+    pub gzip: u64,
 }
 
 /// `pulls` pulls at random positions, one client, one after the other; after each, the
@@ -127,15 +140,19 @@ pub async fn measure(
             Cursor(after).encode()
         )
     };
-    let pull = |after: u64| {
+    let pull_encoded = |after: u64, encoding: &'static str| {
         http.get(url(after))
             .bearer_auth(&data.token)
             .header("x-client-id", PULLER)
+            .header("accept-encoding", encoding)
             .send()
     };
+    let pull = |after: u64| pull_encoded(after, "identity");
     // Warm-up: connections, prepared statements, caches.
     for after in afters.iter().take(10) {
         let _ = pull(*after).await?.bytes().await?;
+        let _ = pull_encoded(*after, "zstd").await?.bytes().await?;
+        let _ = pull_encoded(*after, "gzip").await?.bytes().await?;
         raw_page(&mut pg, &space, *after, upto).await?;
         let mut tx = gateway::store::begin_as(&reader, &owner).await?;
         raw_page(&mut tx, &space, *after, upto).await?;
@@ -145,6 +162,9 @@ pub async fn measure(
         gateway: histogram(),
         raw: histogram(),
         rls: histogram(),
+        zstd: histogram(),
+        gzip: histogram(),
+        bytes: Bytes::default(),
         errors: BTreeMap::new(),
         first_error: None,
         short_pages: 0,
@@ -162,6 +182,7 @@ pub async fn measure(
         match reply {
             Ok((status, body)) if status.is_success() => {
                 run.gateway.saturating_record(elapsed.as_micros() as u64);
+                run.bytes.plain += body.len() as u64;
                 let page: serde_json::Value = serde_json::from_slice(&body)?;
                 let n = page["serverChanges"].as_array().map_or(0, Vec::len);
                 if n != PAGE_SIZE || page["hasMore"] != true {
@@ -176,6 +197,33 @@ pub async fn measure(
             Err(e) => {
                 *run.errors.entry("transport".to_owned()).or_default() += 1;
                 run.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+
+        for (encoding, latency, bytes) in [
+            ("zstd", &mut run.zstd, &mut run.bytes.zstd),
+            ("gzip", &mut run.gzip, &mut run.bytes.gzip),
+        ] {
+            let (elapsed, reply) = workload::timed_request(pull_encoded(after, encoding)).await;
+            match reply {
+                Ok((status, body)) if status.is_success() => {
+                    latency.saturating_record(elapsed.as_micros() as u64);
+                    *bytes += body.len() as u64;
+                }
+                Ok((status, body)) => {
+                    *run.errors
+                        .entry(format!("{encoding} {status}"))
+                        .or_default() += 1;
+                    run.first_error.get_or_insert_with(|| {
+                        format!("{encoding} {status}: {}", String::from_utf8_lossy(&body))
+                    });
+                }
+                Err(e) => {
+                    *run.errors
+                        .entry(format!("{encoding} transport"))
+                        .or_default() += 1;
+                    run.first_error.get_or_insert_with(|| e.to_string());
+                }
             }
         }
 

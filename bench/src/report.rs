@@ -288,6 +288,28 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
     );
     row(
         &mut out,
+        "Pull via gateway, compressed: zstd / gzip, p50 / p99 (page size; plain)",
+        r.pull
+            .iter()
+            .map(|p| {
+                let kb = |bytes: u64, pages: &Histogram<u64>| {
+                    bytes as f64 / pages.len().max(1) as f64 / 1000.0
+                };
+                format!(
+                    "zstd {:.2} / {:.2} ms ({:.0} kB); gzip {:.2} / {:.2} ms ({:.0} kB); plain {:.0} kB",
+                    ms(&p.zstd, 0.5),
+                    ms(&p.zstd, 0.99),
+                    kb(p.bytes.zstd, &p.zstd),
+                    ms(&p.gzip, 0.5),
+                    ms(&p.gzip, 0.99),
+                    kb(p.bytes.gzip, &p.gzip),
+                    kb(p.bytes.plain, &p.gateway),
+                )
+            })
+            .collect(),
+    );
+    row(
+        &mut out,
         "Pull SQL via sqlx, p50 / p99",
         r.pull
             .iter()

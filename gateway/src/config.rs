@@ -70,6 +70,10 @@ pub struct Config {
     /// script outside a browser can do anyway. The internal API answers no other origin.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*")]
     pub cors_allowed_origins: String,
+    /// Compress answers (zstd or gzip, at their fastest) for clients that accept it.
+    /// Turn off behind a proxy that compresses already.
+    #[arg(long, env = "COMPRESS_RESPONSES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub compress_responses: bool,
 }
 
 impl Config {

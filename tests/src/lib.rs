@@ -103,6 +103,7 @@ pub fn gateway_config(nats: &TestNats, db: &TestDb) -> gateway::Config {
         tail_events: 100_000,
         tail_memory_mib: 128,
         cors_allowed_origins: "*".to_owned(),
+        compress_responses: true,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod compression;
 mod cors;
 mod crash;
 mod idempotency;
