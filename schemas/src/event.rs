@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -22,20 +23,25 @@ use crate::{
 /// Version of the envelope and payload layout written by this code.
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One message of the log: a fact, who caused it and when. Its position in the log (the
+/// JetStream stream sequence) is not part of it; consumers take it from the message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Envelope {
-    /// Deterministic for a given client change (see `ingest`), so a resend of the same
-    /// change carries the same id and is applied at most once.
+    /// Unique per fact, and deterministic for a given client change: a resend of the
+    /// same change carries the same id, so it is applied at most once.
     pub event_id: Uuid,
+    /// Version of this envelope's layout (`EVENT_SCHEMA_VERSION`).
     pub schema_version: u32,
+    /// When it happened: for a client change, when the server received it.
     pub occurred_at: DateTime<Utc>,
     #[serde(flatten)]
     pub event: Event,
     pub metadata: Metadata,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What happened: `type` names the fact, `payload` holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", content = "payload")]
 pub enum Event {
     RecordChanged(RecordChanged),
@@ -70,7 +76,7 @@ impl Event {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
     Insert,
@@ -99,7 +105,7 @@ impl Op {
 
 /// A client's change to one record, normalized: timestamps are instants (clamped by the
 /// clock-skew rule) and the space is resolved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordChanged {
     pub app_id: String,
@@ -144,13 +150,15 @@ pub const VISIBILITIES: [&str; 4] = ["private", "space", "unlisted", "public"];
 /// The visibility of a record that never set one.
 pub const DEFAULT_VISIBILITY: &str = "space";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A field's new value and the instant of its write (last write wins).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct FieldValue {
     pub value: Value,
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Who caused the event and when the server received it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata {
     /// The authenticated user who pushed the change (`sub` of the token).

@@ -3,6 +3,7 @@
 
 pub mod cursor;
 pub mod event;
+pub mod json_schema;
 pub mod membership;
 pub mod projection;
 pub mod space;

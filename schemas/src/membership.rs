@@ -5,10 +5,11 @@
 //! projector, each gateway's membership view, a replay) derives the same state from it
 //! by the same rules ([`MembershipEvent::space_id`], applied as upserts and deletes).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// What kind of space. Personal spaces are created by the server on first use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SpaceType {
     Personal,
@@ -47,7 +48,7 @@ impl SpaceType {
 
 /// A member's role. Owners and admins manage the space; members read and write;
 /// viewers only read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,
@@ -77,7 +78,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SpaceCreated {
     pub space_id: String,
@@ -86,7 +87,7 @@ pub struct SpaceCreated {
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberAdded {
     pub space_id: String,
@@ -94,7 +95,7 @@ pub struct MemberAdded {
     pub role: Role,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberRoleChanged {
     pub space_id: String,
@@ -102,14 +103,14 @@ pub struct MemberRoleChanged {
     pub role: Role,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberRemoved {
     pub space_id: String,
     pub user_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SpaceDeleted {
     pub space_id: String,

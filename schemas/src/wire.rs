@@ -1,6 +1,8 @@
 //! The client protocol's response shapes (see PROTOCOL.md). Requests are validated
 //! field by field in `ingest`, from raw JSON, so errors can name the offending change.
 
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -18,32 +20,49 @@ pub const PAGE_SIZE: usize = 1000;
 /// Largest push body accepted.
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
+/// What a cursor looks like: `s` and the log position in 16 lower-case hex digits.
+pub const CURSOR_PATTERN: &str = "^s[0-9a-f]{16}$";
+
 /// Response of push and pull.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncResponse {
+    /// In log order: for a pull, the collection's changes after `since`; for a push,
+    /// the app's changes after `since` from other clients.
     pub server_changes: Vec<ServerChange>,
+    /// Always empty: conflicts are resolved on the server, field by field (last write
+    /// wins); kept for clients of the server this one replaces.
+    #[schemars(length(max = 0))]
     pub conflicts: Vec<Value>,
+    /// The cursor to send as `since` next time.
+    #[schemars(regex(pattern = CURSOR_PATTERN))]
     pub synced_until: String,
+    /// More changes follow `syncedUntil`: ask again with it.
     pub has_more: bool,
 }
 
 /// A change as the server sends it to clients.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerChange {
     pub event_id: Uuid,
     /// Position of this change in the log.
+    #[schemars(regex(pattern = CURSOR_PATTERN))]
     pub cursor: String,
     pub table: String,
     pub id: String,
+    #[schemars(with = "Op")]
     pub op: String,
+    /// Insert: the full record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Map<String, Value>>,
     /// Update: `{field: {value, at, updatedAt}}` (`updatedAt` repeats `at` for older clients).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<BTreeMap<String, ServerField>>")]
     pub fields: Option<Map<String, Value>>,
+    /// Delete: when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<DateTime<Utc>>")]
     pub deleted_at: Option<String>,
     pub space_id: String,
     pub author_id: String,
@@ -52,6 +71,18 @@ pub struct ServerChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Value>,
     pub schema_version: u32,
+}
+
+/// A field of an update as clients receive it: its new value and the instant of its
+/// write.
+#[derive(JsonSchema)]
+#[allow(dead_code)] // Only its schema is used.
+struct ServerField {
+    value: Value,
+    at: DateTime<Utc>,
+    /// The same instant as `at`, for older clients.
+    #[schemars(rename = "updatedAt")]
+    updated_at: DateTime<Utc>,
 }
 
 /// The change clients receive for the record change `rc` of `env`, logged at `seq`,

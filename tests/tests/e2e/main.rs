@@ -7,6 +7,7 @@ mod compression;
 mod cors;
 mod crash;
 mod idempotency;
+mod json_schemas;
 mod large_push;
 mod lww;
 mod outage;
