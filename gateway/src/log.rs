@@ -141,8 +141,8 @@ impl Log {
     ) -> anyhow::Result<Self> {
         let disconnects = watch::Sender::new(0u64);
         let ticks = disconnects.clone();
-        let client = async_nats::ConnectOptions::new()
-            .name("gateway")
+        let client = conn
+            .nats_options("gateway")
             .event_callback(move |event| {
                 if matches!(event, async_nats::Event::Disconnected) {
                     ticks.send_modify(|n| *n += 1);

@@ -1,6 +1,25 @@
 //! Projector configuration, from the environment (or flags) with development defaults.
 
+use std::fmt;
+
 use clap::Args;
+
+/// A secret that never shows up in logs or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
 
 /// Where the log and the database are; shared by every process of the backend.
 #[derive(Debug, Clone, Args)]
@@ -8,6 +27,12 @@ pub struct Connections {
     /// NATS server URL.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// NATS user of this process, when the server requires one (`nats/roles.conf`).
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+    /// That user's password.
+    #[arg(long, env = "NATS_PASSWORD")]
+    pub nats_password: Option<Secret>,
     /// PostgreSQL URL.
     #[arg(
         long,
@@ -43,5 +68,23 @@ pub struct Config {
 impl Config {
     pub fn linger(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.linger_ms)
+    }
+}
+
+impl Connections {
+    /// Options to connect to NATS as this process: its name and, when configured, its
+    /// user.
+    pub fn nats_options(&self, name: &str) -> async_nats::ConnectOptions {
+        let options = async_nats::ConnectOptions::new().name(name);
+        match &self.nats_user {
+            Some(user) => options.user_and_password(
+                user.clone(),
+                self.nats_password
+                    .as_ref()
+                    .map(|p| p.0.clone())
+                    .unwrap_or_default(),
+            ),
+            None => options,
+        }
     }
 }

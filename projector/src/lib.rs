@@ -20,7 +20,7 @@ use async_nats::jetstream;
 use sqlx::{Executor as _, PgPool, postgres::PgPoolOptions};
 use tokio::sync::{Mutex, mpsc, watch};
 
-pub use config::{Config, Connections};
+pub use config::{Config, Connections, Secret};
 use records::Handoff;
 
 /// Hand-offs from the log stage to the records stage that may wait in memory.
@@ -129,8 +129,9 @@ impl Projector {
             .run(&pool)
             .await
             .context("applying migrations")?;
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("projector:{}", config.name))
+        let client = config
+            .conn
+            .nats_options(&format!("projector:{}", config.name))
             .retry_on_initial_connect()
             .connect(&config.conn.nats_url)
             .await

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 pub use db::TestDb;
-pub use nats::TestNats;
+pub use nats::{TestNats, role_password};
 pub use wait::eventually;
 
 /// HS256 secret of every test gateway.
@@ -68,9 +68,14 @@ impl Drop for RunningProjector {
     }
 }
 
-fn connections(nats: &TestNats, db: &TestDb) -> projector::Connections {
+/// Connections of a process of `role` (its NATS user when the server has users).
+fn connections(nats: &TestNats, db: &TestDb, role: &str) -> projector::Connections {
     projector::Connections {
         nats_url: nats.url(),
+        nats_user: nats.user_for(role),
+        nats_password: nats
+            .user_for(role)
+            .map(|user| projector::Secret(nats::role_password(&user))),
         database_url: db.url.clone(),
         stream: schemas::stream::DEFAULT_STREAM.to_owned(),
         stream_replicas: 1,
@@ -80,7 +85,7 @@ fn connections(nats: &TestNats, db: &TestDb) -> projector::Connections {
 /// Projector configuration for a test stack.
 pub fn projector_config(nats: &TestNats, db: &TestDb, name: &str) -> projector::Config {
     projector::Config {
-        conn: connections(nats, db),
+        conn: connections(nats, db, "projector"),
         name: name.to_owned(),
         batch_size: 1000,
         linger_ms: 4,
@@ -91,7 +96,7 @@ pub fn projector_config(nats: &TestNats, db: &TestDb, name: &str) -> projector::
 pub fn gateway_config(nats: &TestNats, db: &TestDb) -> gateway::Config {
     gateway::Config {
         listen: "127.0.0.1:0".parse().expect("literal address"),
-        conn: connections(nats, db),
+        conn: connections(nats, db, "gateway"),
         projector_name: schemas::projection::DEFAULT_PROJECTOR.to_owned(),
         jwt_hs256_secret: Some(gateway::config::Secret(SECRET.to_owned())),
         jwks_url: None,

@@ -15,5 +15,6 @@ mod paging;
 mod plans;
 mod poison;
 mod push_pull;
+mod roles;
 mod tail;
 mod tenancy;
