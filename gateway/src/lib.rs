@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use axum::{
     Json, Router,
     extract::DefaultBodyLimit,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     routing::{get, post},
 };
 use ingest::Access;
@@ -34,6 +34,7 @@ use tower_http::{
         predicate::{DefaultPredicate, Predicate as _, SizeAbove},
     },
     cors::CorsLayer,
+    set_header::SetResponseHeaderLayer,
     trace::TraceLayer,
 };
 
@@ -326,7 +327,12 @@ fn router(state: AppState, cors: Option<CorsLayer>, compress: bool) -> Router {
     let mut public = Router::new()
         .route("/sync/{app_id}", post(routes::push::push))
         .route("/sync/{app_id}/pull", get(routes::pull::pull))
-        .route("/health", get(routes::health::health));
+        .route("/health", get(routes::health::health))
+        // Answers are one caller's data at one moment: no cache may keep or reuse them.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
     if compress {
         // The client's preference by q-value; among equals zstd (several times faster
         // than gzip at a similar size), then gzip. The default predicate also leaves

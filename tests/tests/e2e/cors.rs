@@ -1,5 +1,6 @@
 //! Browser apps on another origin: preflights, and the headers that let the page read
-//! answers (errors included); the internal API answers no other origin.
+//! answers (errors included); the internal API answers no other origin. And no cache,
+//! the browser's included, keeps an answer.
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header::HeaderMap};
 use serde_json::json;
@@ -74,6 +75,8 @@ async fn a_page_on_another_origin_may_push_and_pull_and_read_the_errors() {
         header(push.headers(), "access-control-expose-headers"),
         Some("retry-after")
     );
+    // No cache, the browser's included, keeps one caller's answer.
+    assert_eq!(header(push.headers(), "cache-control"), Some("no-store"));
     let pulled = app.pull("alice", "phone", "notes", "notes", "").await;
     assert_eq!(sync_tests::ids(&pulled), ["n1"]);
 
@@ -87,6 +90,7 @@ async fn a_page_on_another_origin_may_push_and_pull_and_read_the_errors() {
         header(answer.headers(), "access-control-allow-origin"),
         Some("*")
     );
+    assert_eq!(header(answer.headers(), "cache-control"), Some("no-store"));
     let reply = send(unauthenticated).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert!(reply.body["error"].is_string(), "{}", reply.body);
@@ -101,6 +105,14 @@ async fn a_page_on_another_origin_may_push_and_pull_and_read_the_errors() {
         header(health.headers(), "access-control-allow-origin"),
         Some("*")
     );
+    assert_eq!(header(health.headers(), "cache-control"), Some("no-store"));
+    let pulled = sent(
+        app.http
+            .get(format!("{base}/sync/notes/pull?collection=notes"))
+            .bearer_auth(app.token("alice")),
+    )
+    .await;
+    assert_eq!(header(pulled.headers(), "cache-control"), Some("no-store"));
 }
 
 #[tokio::test]
