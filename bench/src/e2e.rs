@@ -75,7 +75,7 @@ pub async fn drain(
     let start = stack.last_seq().await?;
     stack.stop_projector().await;
     let published = raw::publish(
-        &stack.nats.url(),
+        stack.nats.connect_as(Some("gateway")).await?,
         events,
         raw::Mode::Atomic,
         limit,

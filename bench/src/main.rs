@@ -170,7 +170,7 @@ async fn run(s: &Settings, rts: &Runtimes) -> anyhow::Result<Results> {
     for rep in 1..=s.reps {
         let tag = |what: &str| format!("r{rep}-{what}");
         progress!("run {rep}/{}: raw JetStream baselines", s.reps);
-        let raw_nats = sync_tests::TestNats::start().await;
+        let raw_nats = sync_tests::TestNats::start_with_roles().await;
         for (what, requests, batch, mode) in [
             ("b1", s.push1_requests, 1, raw::Mode::Individual),
             ("bn", s.push_batch_requests, s.batch, raw::Mode::Atomic),
@@ -186,7 +186,8 @@ async fn run(s: &Settings, rts: &Runtimes) -> anyhow::Result<Results> {
                 .iter()
                 .map(workload::raw_events)
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let run = raw::publish(&raw_nats.url(), events, mode, s.limit, postmaster).await?;
+            let client = raw_nats.connect_as(Some("gateway")).await?;
+            let run = raw::publish(client, events, mode, s.limit, postmaster).await?;
             match (batch, mode) {
                 (1, _) => r.push1_raw.push(run),
                 (_, raw::Mode::Atomic) => r.push_batch_raw.push(run),
@@ -329,7 +330,9 @@ fn context(s: &Settings) -> Context {
             }
         ),
         "Gateway and projector run in the bench process in release mode, each on its own \
-         multi-threaded tokio runtime; latency is per request, send to last response byte."
+         multi-threaded tokio runtime; latency is per request, send to last response byte. \
+         Every nats-server has the users and permissions of `nats/roles.conf`: the gateway, \
+         the projector and the raw baselines' publisher connect as their users."
             .to_owned(),
     ];
     Context {

@@ -34,13 +34,12 @@ pub enum Mode {
 /// Publishes `batches_per_device` (one task per device, over one shared connection, as
 /// in a gateway) and measures it like the gateway pushes.
 pub async fn publish(
-    nats_url: &str,
+    client: async_nats::Client,
     batches_per_device: Vec<Vec<Vec<RawEvent>>>,
     mode: Mode,
     limit: Duration,
     postmaster: Option<u32>,
 ) -> anyhow::Result<PushRun> {
-    let client = async_nats::connect(nats_url).await?;
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_secs(2))
         .max_ack_inflight(8192)

@@ -30,7 +30,7 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(rt: &Runtimes, postmaster: Option<u32>) -> anyhow::Result<Self> {
-        let nats = TestNats::start().await;
+        let nats = TestNats::start_with_roles().await;
         let db = TestDb::create().await;
         let projector = start_projector(rt, &nats, &db).await?;
         let gateway = rt
