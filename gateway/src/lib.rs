@@ -334,9 +334,9 @@ fn router(state: AppState, cors: Option<CorsLayer>, compress: bool) -> Router {
             HeaderValue::from_static("no-store"),
         ));
     if compress {
-        // The client's preference by q-value; among equals zstd (several times faster
-        // than gzip at a similar size), then gzip. The default predicate also leaves
-        // event streams alone, which must reach the client as they are written.
+        // The client's preference by q-value; among equals zstd, then gzip (zstd made a
+        // 430 kB page 29 kB, gzip 44 kB, in less time; README, Speed). The default
+        // predicate also leaves event streams alone: they must flow as written.
         public = public.layer(
             CompressionLayer::new()
                 .quality(CompressionLevel::Fastest)
