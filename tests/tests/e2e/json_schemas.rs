@@ -43,6 +43,13 @@ fn assert_invalid(v: &Validator, instance: Value, what: &str) {
     );
 }
 
+/// `base` with the value at `pointer` replaced.
+fn with(base: &Value, pointer: &str, value: Value) -> Value {
+    let mut changed = base.clone();
+    *changed.pointer_mut(pointer).expect(pointer) = value;
+    changed
+}
+
 fn ok(reply: Reply) -> Value {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     reply.body
@@ -147,59 +154,37 @@ async fn the_log_and_the_answers_match_the_published_schemas() {
     // What the backend never sends fails them.
     let message = app.change_message(1).await;
     let event: Value = serde_json::from_slice(&message.payload).expect("JSON");
-    let with = |pointer: &str, value: Value| {
-        let mut e = event.clone();
-        *e.pointer_mut(pointer).expect(pointer) = value;
-        e
-    };
     let without = |field: &str| {
         let mut e = event.clone();
         e.as_object_mut().expect("object").remove(field);
         e
     };
-    assert_invalid(
-        &events,
-        with("/type", json!("RecordMoved")),
-        "an unknown type",
-    );
-    assert_invalid(
-        &events,
-        with("/payload/op", json!("upsert")),
-        "an unknown op",
-    );
-    assert_invalid(
-        &events,
-        with("/eventId", json!("n1")),
-        "an event id that is no UUID",
-    );
-    assert_invalid(
-        &events,
-        with("/occurredAt", json!("yesterday")),
-        "a time that is no instant",
-    );
-    assert_invalid(&events, with("/payload/data", json!(null)), "a null record");
+    for (pointer, value, what) in [
+        ("/type", json!("RecordMoved"), "an unknown type"),
+        ("/payload/op", json!("upsert"), "an unknown op"),
+        ("/eventId", json!("n1"), "an event id that is no UUID"),
+        (
+            "/occurredAt",
+            json!("yesterday"),
+            "a time that is no instant",
+        ),
+        ("/payload/data", json!(null), "a null record"),
+    ] {
+        assert_invalid(&events, with(&event, pointer, value), what);
+    }
     assert_invalid(&events, without("metadata"), "no metadata");
     assert_invalid(&events, json!({}), "nothing");
 
-    let with = |pointer: &str, value: Value| {
-        let mut r = pulled.clone();
-        *r.pointer_mut(pointer).expect(pointer) = value;
-        r
-    };
-    assert_invalid(
-        &answers,
-        with("/syncedUntil", json!("2026-11-23T10:00:00Z")),
-        "a timestamp cursor",
-    );
-    assert_invalid(
-        &answers,
-        with("/serverChanges/0/cursor", json!("s1")),
-        "a short cursor",
-    );
-    assert_invalid(&answers, with("/conflicts", json!([{}])), "a conflict");
-    assert_invalid(
-        &answers,
-        with("/hasMore", json!("no")),
-        "a string for a flag",
-    );
+    for (pointer, value, what) in [
+        (
+            "/syncedUntil",
+            json!("2026-11-23T10:00:00Z"),
+            "a timestamp cursor",
+        ),
+        ("/serverChanges/0/cursor", json!("s1"), "a short cursor"),
+        ("/conflicts", json!([{}]), "a conflict"),
+        ("/hasMore", json!("no"), "a string for a flag"),
+    ] {
+        assert_invalid(&answers, with(&pulled, pointer, value), what);
+    }
 }
