@@ -57,31 +57,15 @@ async fn each_part_does_its_work_as_its_own_user_and_nothing_more() {
     // The gateway (changes, membership events through the internal API, its tail and
     // membership view) and the projector (its durable consumer, acks) at work.
     app.create_space("fam", "alice", &[]).await;
-    let pushed = app
-        .push(
-            "alice",
-            "phone",
-            "notes",
-            &changes(json!([
-                {"table": "notes", "id": "mine", "op": "insert", "data": {"t": 1}},
-                {"table": "notes", "id": "shared", "op": "insert", "spaceId": "fam", "data": {"t": 2}}
-            ])),
-        )
-        .await;
+    let batch = changes(json!([
+        {"table": "notes", "id": "mine", "op": "insert", "data": {"t": 1}},
+        {"table": "notes", "id": "shared", "op": "insert", "spaceId": "fam", "data": {"t": 2}}
+    ]));
+    let pushed = app.push("alice", "phone", "notes", &batch).await;
     assert_eq!(pushed.status, StatusCode::OK, "{}", pushed.body);
     // A resend: the gateway reads back what of it is logged.
     let before = app.nats.stream_state(STREAM).await.messages;
-    let resent = app
-        .push(
-            "alice",
-            "phone",
-            "notes",
-            &changes(json!([
-                {"table": "notes", "id": "mine", "op": "insert", "data": {"t": 1}},
-                {"table": "notes", "id": "shared", "op": "insert", "spaceId": "fam", "data": {"t": 2}}
-            ])),
-        )
-        .await;
+    let resent = app.push("alice", "phone", "notes", &batch).await;
     assert_eq!(resent.status, StatusCode::OK, "{}", resent.body);
     assert_eq!(app.nats.stream_state(STREAM).await.messages, before);
     app.stop_projector().await;
