@@ -189,15 +189,7 @@ pub async fn measure(
                     run.short_pages += 1;
                 }
             }
-            Ok((status, body)) => {
-                *run.errors.entry(status.as_str().to_owned()).or_default() += 1;
-                run.first_error
-                    .get_or_insert_with(|| format!("{status}: {}", String::from_utf8_lossy(&body)));
-            }
-            Err(e) => {
-                *run.errors.entry("transport".to_owned()).or_default() += 1;
-                run.first_error.get_or_insert_with(|| e.to_string());
-            }
+            failed => count_failure(&mut run.errors, &mut run.first_error, "", failed),
         }
 
         for (encoding, latency, bytes) in [
@@ -210,19 +202,9 @@ pub async fn measure(
                     latency.saturating_record(elapsed.as_micros() as u64);
                     *bytes += body.len() as u64;
                 }
-                Ok((status, body)) => {
-                    *run.errors
-                        .entry(format!("{encoding} {status}"))
-                        .or_default() += 1;
-                    run.first_error.get_or_insert_with(|| {
-                        format!("{encoding} {status}: {}", String::from_utf8_lossy(&body))
-                    });
-                }
-                Err(e) => {
-                    *run.errors
-                        .entry(format!("{encoding} transport"))
-                        .or_default() += 1;
-                    run.first_error.get_or_insert_with(|| e.to_string());
+                failed => {
+                    let prefix = format!("{encoding} ");
+                    count_failure(&mut run.errors, &mut run.first_error, &prefix, failed);
                 }
             }
         }
@@ -251,6 +233,25 @@ pub async fn measure(
     pg.close().await?;
     reader.close().await;
     Ok(run)
+}
+
+/// Counts a pull that failed (an error status or a transport error), under its kind with
+/// `prefix` (e.g. the encoding asked for), and keeps the first one's details.
+fn count_failure(
+    errors: &mut BTreeMap<String, u64>,
+    first_error: &mut Option<String>,
+    prefix: &str,
+    failed: reqwest::Result<(reqwest::StatusCode, bytes::Bytes)>,
+) {
+    let (kind, detail) = match failed {
+        Ok((status, body)) => (
+            status.as_str().to_owned(),
+            format!("{prefix}{status}: {}", String::from_utf8_lossy(&body)),
+        ),
+        Err(e) => ("transport".to_owned(), e.to_string()),
+    };
+    *errors.entry(format!("{prefix}{kind}")).or_default() += 1;
+    first_error.get_or_insert(detail);
 }
 
 /// The gateway's page query, straight to PostgreSQL.
