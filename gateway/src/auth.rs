@@ -76,20 +76,45 @@ impl FromRequestParts<AppState> for Service {
                 "the internal API is disabled (no service key configured)".into(),
             ));
         };
-        let presented = bearer(parts)?;
-        // Constant time in the length of the presented key.
-        let expected = key.0.as_bytes();
-        let differs = presented
-            .bytes()
-            .enumerate()
-            .fold(presented.len() ^ expected.len(), |acc, (i, b)| {
-                acc | usize::from(expected.get(i).is_none_or(|e| *e != b))
-            });
-        if differs != 0 {
+        if !same_secret(bearer(parts)?, &key.0) {
             return Err(ApiError::Unauthorized("invalid service key".into()));
         }
         Ok(Service)
     }
+}
+
+/// A scraper of `GET /metrics`: anyone when no `METRICS_TOKEN` is configured, else
+/// whoever presents it (`Authorization: Bearer <token>`).
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsScraper;
+
+impl FromRequestParts<AppState> for MetricsScraper {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match &state.config().metrics_token {
+            Some(token) if !same_secret(bearer(parts)?, &token.0) => {
+                Err(ApiError::Unauthorized("invalid metrics token".into()))
+            }
+            _ => Ok(MetricsScraper),
+        }
+    }
+}
+
+/// Whether `presented` is `expected`, in time that depends only on the length of
+/// `presented`.
+fn same_secret(presented: &str, expected: &str) -> bool {
+    let expected = expected.as_bytes();
+    let differs = presented
+        .bytes()
+        .enumerate()
+        .fold(presented.len() ^ expected.len(), |acc, (i, b)| {
+            acc | usize::from(expected.get(i).is_none_or(|e| *e != b))
+        });
+    differs == 0
 }
 
 /// Verifies tokens against the configured keys.

@@ -59,6 +59,10 @@ pub struct Config {
     /// Turn off behind a proxy that compresses already.
     #[arg(long, env = "COMPRESS_RESPONSES", default_value_t = true, action = clap::ArgAction::Set)]
     pub compress_responses: bool,
+    /// Token a scraper of `GET /metrics` must present (`Authorization: Bearer <token>`).
+    /// Without one the endpoint is open: its labels never name an app, space or user.
+    #[arg(long, env = "METRICS_TOKEN")]
+    pub metrics_token: Option<Secret>,
 }
 
 impl Config {

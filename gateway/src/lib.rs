@@ -9,6 +9,7 @@ pub mod error;
 mod follow;
 mod log;
 pub mod membership;
+mod metrics;
 mod progress;
 mod routes;
 pub mod store;
@@ -21,6 +22,7 @@ use axum::{
     Json, Router,
     extract::DefaultBodyLimit,
     http::{HeaderValue, StatusCode, header},
+    middleware,
     routing::{get, post},
 };
 use ingest::Access;
@@ -44,6 +46,7 @@ use {
     error::ApiError,
     log::Log,
     membership::MembershipView,
+    metrics::Metrics,
     progress::Progress,
     tail::{LogTail, TailPage, TailQuery},
 };
@@ -60,6 +63,7 @@ struct Inner {
     config: Config,
     log: Log,
     memberships: MembershipView,
+    metrics: Arc<Metrics>,
     pool: PgPool,
     progress: Progress,
     tail: Option<LogTail>,
@@ -82,6 +86,10 @@ impl AppState {
 
     pub(crate) fn config(&self) -> &Config {
         &self.0.config
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.0.metrics
     }
 
     /// What the caller may read and write at this moment (503 if that cannot be known).
@@ -259,7 +267,8 @@ impl App {
             .connect(&config.conn.database_url)
             .await
             .context("connecting to PostgreSQL")?;
-        let log = Log::connect(&config.conn, config.publish_timeout())
+        let metrics = Arc::new(Metrics::default());
+        let log = Log::connect(&config.conn, config.publish_timeout(), Arc::clone(&metrics))
             .await
             .context("connecting to NATS")?;
         let progress = Progress::follow(pool.clone(), config.projector_name.clone());
@@ -290,6 +299,7 @@ impl App {
             config,
             log,
             memberships,
+            metrics,
             pool,
             progress,
             tail,
@@ -350,12 +360,17 @@ fn router(state: AppState, cors: Option<CorsLayer>, compress: bool) -> Router {
     Router::new()
         .merge(public)
         .merge(routes::internal::router())
+        .route("/metrics", get(metrics::scrape))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
                 Json(serde_json::json!({"error": "not_found", "message": "no such endpoint"})),
             )
         })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(schemas::wire::MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -41,7 +41,10 @@ use tokio::{
 };
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    metrics::{Alone, Metrics},
+};
 
 /// Most events published together as one combined batch: what a stock nats-server
 /// accepts in one atomic batch. Bigger combined batches would save little (the per-batch
@@ -88,6 +91,7 @@ struct Publisher {
     stream: String,
     batches: Arc<Semaphore>,
     batch_limit: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 /// A push waiting for its events to be published: the answer is the position just
@@ -138,6 +142,7 @@ impl Log {
     pub async fn connect(
         conn: &projector::Connections,
         publish_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let disconnects = watch::Sender::new(0u64);
         let ticks = disconnects.clone();
@@ -164,6 +169,7 @@ impl Log {
             stream: conn.stream.clone(),
             batches: Arc::new(Semaphore::new(ATOMIC_BATCHES_IN_FLIGHT)),
             batch_limit: Arc::new(AtomicUsize::new(LIMIT_UNKNOWN)),
+            metrics,
         };
         let (combiner, queue) = mpsc::channel(COMBINER_QUEUE);
         // Ends when every `Log` (so every sender) is gone.
@@ -228,7 +234,7 @@ impl Log {
             if events.len() == 1 {
                 // One message is atomic by itself, and cheaper published alone.
                 let events: Vec<&PreparedEvent> = events.iter().collect();
-                return self.publisher.publish_each(&events).await;
+                return self.publisher.publish_alone(&events, Alone::Single).await;
             }
             if events.len() <= self.publisher.combined_limit() {
                 // Through the combiner: published together with concurrent pushes.
@@ -328,7 +334,10 @@ impl Publisher {
     ) -> Result<Option<u64>, String> {
         match self.try_whole(events).await {
             Whole::Done(result) => result,
-            Whole::Resend => self.publish_resend(events, logged).await,
+            Whole::Resend => {
+                self.metrics.resend();
+                self.publish_resend(events, logged).await
+            }
             Whole::TooLarge => self.publish_chunks(events, logged).await,
         }
     }
@@ -403,7 +412,7 @@ impl Publisher {
                 Err(failure) => return Err(failure.why()),
             }
         }
-        self.publish_each(&rest).await.map(|_| None)
+        self.publish_alone(&rest, Alone::Resend).await.map(|_| None)
     }
 
     /// Pushes queued together, as one atomic batch. When it holds an event already in
@@ -416,10 +425,16 @@ impl Publisher {
             // stored; unless it is a resend, which is handed off.
             let events: Vec<&PreparedEvent> = queued.events.iter().collect();
             let result = match self.try_whole(&events).await {
-                Whole::Done(result) => result,
+                Whole::Done(result) => {
+                    if result.is_ok() {
+                        self.metrics.group(1);
+                    }
+                    result
+                }
                 Whole::TooLarge => self.publish_chunks(&events, queued.logged.as_ref()).await,
                 Whole::Resend => {
                     drop(events);
+                    self.metrics.resend();
                     self.hand_off(queued, true);
                     return;
                 }
@@ -430,6 +445,7 @@ impl Publisher {
         let events: Vec<&PreparedEvent> = group.iter().flat_map(|q| &q.events).collect();
         match self.publish_atomic(&events).await {
             Ok(before) => {
+                self.metrics.group(group.len());
                 let mut at = before;
                 for queued in group {
                     let n = queued.events.len() as u64;
@@ -445,6 +461,7 @@ impl Publisher {
                 return;
             }
             Err(PublishFailure::AlreadyPartlyLogged) => {
+                self.metrics.resend();
                 tracing::debug!(
                     pushes = group.len(),
                     "a combined batch holds a resend; publishing push by push"
@@ -487,7 +504,7 @@ impl Publisher {
     ) -> Result<Option<u64>, PublishFailure> {
         if chunk.len() == 1 {
             return self
-                .publish_each(chunk)
+                .publish_alone(chunk, Alone::Single)
                 .await
                 .map_err(PublishFailure::Failed);
         }
@@ -518,7 +535,10 @@ impl Publisher {
                 .await
                 .map_err(|e| failed(&e))?;
             return match serde_json::from_slice::<CommitReply>(&reply.payload) {
-                Ok(CommitReply::Ack { seq }) => Ok(seq.checked_sub(chunk.len() as u64)),
+                Ok(CommitReply::Ack { seq }) => {
+                    self.metrics.atomic_batch(chunk.len());
+                    Ok(seq.checked_sub(chunk.len() as u64))
+                }
                 Ok(CommitReply::Err { error })
                     if error.error_code()
                         == ErrorCode::ATOMIC_PUBLISH_CONTAINS_DUPLICATE_MESSAGE =>
@@ -537,6 +557,19 @@ impl Publisher {
             };
         }
         Err(PublishFailure::Failed("empty batch".into()))
+    }
+
+    /// [`Self::publish_each`], counted by why.
+    async fn publish_alone(
+        &self,
+        events: &[&PreparedEvent],
+        why: Alone,
+    ) -> Result<Option<u64>, String> {
+        let result = self.publish_each(events).await;
+        if result.is_ok() {
+            self.metrics.alone(events.len(), why);
+        }
+        result
     }
 
     /// Events published one by one (each deduplicated by its message id), all acks

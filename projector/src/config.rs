@@ -63,6 +63,10 @@ pub struct Config {
     /// cost far less per event. A lone write is never held back. 0 never waits.
     #[arg(long, env = "PROJECTOR_LINGER_MS", default_value_t = 4)]
     pub linger_ms: u64,
+    /// Address to serve `GET /metrics` on (Prometheus), e.g. `127.0.0.1:9464`; port 0
+    /// picks a free one. Not served when unset.
+    #[arg(long, env = "PROJECTOR_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {

@@ -105,14 +105,21 @@ pub(crate) async fn open(
         .await?)
 }
 
+/// What one delivered batch came to.
+pub(crate) struct Processed {
+    pub checkpoint: u64,
+    /// When the batch went in whole, what it wrote, for the records stage.
+    pub handoff: Option<Handoff>,
+    /// Messages parked as poison.
+    pub parked: usize,
+}
+
 /// Applies one delivered batch; poison is isolated message by message and parked.
-/// Returns the checkpoint and, when the batch went in whole, what it wrote for the
-/// records stage.
 pub(crate) async fn process(
     pool: &PgPool,
     name: &str,
     msgs: &[jetstream::Message],
-) -> anyhow::Result<(u64, Option<Handoff>)> {
+) -> anyhow::Result<Processed> {
     let batch: Vec<Incoming> = msgs
         .iter()
         .map(|m| {
@@ -127,23 +134,32 @@ pub(crate) async fn process(
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let (checkpoint, handoff) = match apply::apply_batch_handing_off(pool, name, &batch).await {
-        Ok((applied, handoff)) => (applied.checkpoint, handoff),
+    let processed = match apply::apply_batch_handing_off(pool, name, &batch).await {
+        Ok((applied, handoff)) => Processed {
+            checkpoint: applied.checkpoint,
+            handoff,
+            parked: applied.parked,
+        },
         Err(ApplyError::Refused(e)) => {
             tracing::warn!(error = %e, size = batch.len(), "batch refused; applying one by one to isolate poison");
-            let mut checkpoint = 0;
+            let mut processed = Processed {
+                checkpoint: 0,
+                handoff: None,
+                parked: 0,
+            };
             for msg in &batch {
-                checkpoint = match apply::apply_batch(pool, name, std::slice::from_ref(msg)).await {
-                    Ok(applied) => applied.checkpoint,
+                let applied = match apply::apply_batch(pool, name, std::slice::from_ref(msg)).await
+                {
+                    Ok(applied) => applied,
                     Err(ApplyError::Refused(e)) => {
-                        apply::park(pool, name, msg, &e.to_string())
-                            .await?
-                            .checkpoint
+                        apply::park(pool, name, msg, &e.to_string()).await?
                     }
                     Err(e) => return Err(e.into()),
                 };
+                processed.checkpoint = applied.checkpoint;
+                processed.parked += applied.parked;
             }
-            (checkpoint, None)
+            processed
         }
         Err(e) => return Err(e.into()),
     };
@@ -153,7 +169,7 @@ pub(crate) async fn process(
             tracing::debug!(error = %e, "ack failed; the checkpoint covers redelivery");
         }
     }
-    Ok((checkpoint, handoff))
+    Ok(processed)
 }
 
 #[cfg(test)]

