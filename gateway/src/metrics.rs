@@ -15,7 +15,7 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use projector::metrics::{render, seconds_histogram, set_position, size_histogram};
+use projector::metrics::{registered, render, seconds_histogram, set_position, size_histogram};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -97,107 +97,93 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut r = Registry::default();
-        let requests = Family::default();
-        let request_seconds = Family::new_with_constructor(seconds_histogram as fn() -> Histogram);
-        let pushed_changes = Counter::default();
-        let push_answers = Family::default();
-        let batch_events = size_histogram();
-        let batch_pushes = size_histogram();
-        let resends = Counter::default();
-        let alone = Family::default();
-        let log_end = Gauge::default();
-        let checkpoint = Family::default();
-        let lag = Family::default();
-        let up = Family::default();
-        let tail_live = Gauge::default();
-        let memberships_live = Gauge::default();
-        r.register(
-            "sync_http_requests",
-            "HTTP requests answered, by method, route and status",
-            requests.clone(),
-        );
-        r.register(
-            "sync_http_request_seconds",
-            "Time from a request's arrival to its answer's headers",
-            request_seconds.clone(),
-        );
-        r.register(
-            "sync_pushed_changes",
-            "Changes of pushes answered 200 (each one durably in the log)",
-            pushed_changes.clone(),
-        );
-        r.register(
-            "sync_push_answers",
-            "Push answers, by where the changes they carry were read",
-            push_answers.clone(),
-        );
-        r.register(
-            "sync_log_atomic_batch_events",
-            "Events per atomic batch JetStream committed",
-            batch_events.clone(),
-        );
-        r.register(
-            "sync_log_group_pushes",
-            "Pushes per group commit (published together as one atomic batch)",
-            batch_pushes.clone(),
-        );
-        r.register(
-            "sync_log_resends",
-            "Pushes JetStream refused whole as holding events already in the log (resends)",
-            resends.clone(),
-        );
-        r.register(
-            "sync_log_events_alone",
-            "Events published one at a time, each deduplicated, by why",
-            alone.clone(),
-        );
-        r.register(
-            "sync_log_last_sequence",
-            "The end of the log, from JetStream (read at scrape)",
-            log_end.clone(),
-        );
-        r.register(
-            "sync_projector_checkpoint",
-            "The log position each projector stage has committed (read at scrape)",
-            checkpoint.clone(),
-        );
-        r.register(
-            "sync_projector_lag_positions",
-            "Log positions each projector stage is behind the log's end (read at scrape)",
-            lag.clone(),
-        );
-        r.register(
-            "sync_dependency_up",
-            "Whether NATS and PostgreSQL answered (1) or not (0) at scrape",
-            up.clone(),
-        );
-        r.register(
-            "sync_tail_live",
-            "Whether this gateway's tail follows the log (1), or push answers are read from PostgreSQL (0)",
-            tail_live.clone(),
-        );
-        r.register(
-            "sync_membership_view_live",
-            "Whether this gateway's membership view follows the log (1), or access is read from PostgreSQL (0)",
-            memberships_live.clone(),
-        );
+        let r = &mut Registry::default();
         Self {
-            registry: r,
-            requests,
-            request_seconds,
-            pushed_changes,
-            push_answers,
-            batch_events,
-            batch_pushes,
-            resends,
-            alone,
-            log_end,
-            checkpoint,
-            lag,
-            up,
-            tail_live,
-            memberships_live,
+            requests: registered(
+                r,
+                "sync_http_requests",
+                "HTTP requests answered, by method, route and status",
+                Family::default(),
+            ),
+            request_seconds: registered(
+                r,
+                "sync_http_request_seconds",
+                "Time from a request's arrival to its answer's headers",
+                Family::new_with_constructor(seconds_histogram as fn() -> Histogram),
+            ),
+            pushed_changes: registered(
+                r,
+                "sync_pushed_changes",
+                "Changes of pushes answered 200 (each one durably in the log)",
+                Counter::default(),
+            ),
+            push_answers: registered(
+                r,
+                "sync_push_answers",
+                "Push answers, by where the changes they carry were read",
+                Family::default(),
+            ),
+            batch_events: registered(
+                r,
+                "sync_log_atomic_batch_events",
+                "Events per atomic batch JetStream committed",
+                size_histogram(),
+            ),
+            batch_pushes: registered(
+                r,
+                "sync_log_group_pushes",
+                "Pushes per group commit (published together as one atomic batch)",
+                size_histogram(),
+            ),
+            resends: registered(
+                r,
+                "sync_log_resends",
+                "Pushes JetStream refused whole as holding events already in the log (resends)",
+                Counter::default(),
+            ),
+            alone: registered(
+                r,
+                "sync_log_events_alone",
+                "Events published one at a time, each deduplicated, by why",
+                Family::default(),
+            ),
+            log_end: registered(
+                r,
+                "sync_log_last_sequence",
+                "The end of the log, from JetStream (read at scrape)",
+                Gauge::default(),
+            ),
+            checkpoint: registered(
+                r,
+                "sync_projector_checkpoint",
+                "The log position each projector stage has committed (read at scrape)",
+                Family::default(),
+            ),
+            lag: registered(
+                r,
+                "sync_projector_lag_positions",
+                "Log positions each projector stage is behind the log's end (read at scrape)",
+                Family::default(),
+            ),
+            up: registered(
+                r,
+                "sync_dependency_up",
+                "Whether NATS and PostgreSQL answered (1) or not (0) at scrape",
+                Family::default(),
+            ),
+            tail_live: registered(
+                r,
+                "sync_tail_live",
+                "Whether this gateway's tail follows the log (1), or push answers are read from PostgreSQL (0)",
+                Gauge::default(),
+            ),
+            memberships_live: registered(
+                r,
+                "sync_membership_view_live",
+                "Whether this gateway's membership view follows the log (1), or access is read from PostgreSQL (0)",
+                Gauge::default(),
+            ),
+            registry: std::mem::take(r),
         }
     }
 }

@@ -23,7 +23,7 @@ use prometheus_client::{
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -53,6 +53,17 @@ pub fn seconds_histogram() -> Histogram {
 /// A histogram of batch sizes from 1 to ~16k (doubling).
 pub fn size_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 15))
+}
+
+/// `metric`, registered in `registry` as `name` (a counter gets `_total` appended).
+pub fn registered<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// A gauge set from a log position (positions fit an `i64` for any real log).
@@ -87,72 +98,63 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::default();
-        let batches = Family::new_with_constructor(size_histogram as fn() -> Histogram);
-        let batch_seconds = Family::new_with_constructor(seconds_histogram as fn() -> Histogram);
-        let positions = Family::default();
-        let failures = Family::default();
-        let parked = Counter::default();
-        let checkpoint = Family::default();
-        let lag = Family::default();
-        let log_end = Gauge::default();
-        let dead_letters = Gauge::default();
-        registry.register(
-            "projector_batch_positions",
-            "Log positions each committed transaction of a stage covered",
-            batches.clone(),
-        );
-        registry.register(
-            "projector_batch_seconds",
-            "Time to apply and commit one batch of a stage",
-            batch_seconds.clone(),
-        );
-        registry.register(
-            "projector_positions_applied",
-            "Log positions a stage has applied since this process started",
-            positions.clone(),
-        );
-        registry.register(
-            "projector_stage_failures",
-            "Failures of a stage (each retried with backoff from its checkpoint)",
-            failures.clone(),
-        );
-        registry.register(
-            "projector_parked_messages",
-            "Messages the log stage parked as poison since this process started",
-            parked.clone(),
-        );
-        registry.register(
-            "projector_checkpoint",
-            "The log position a stage has committed",
-            checkpoint.clone(),
-        );
-        registry.register(
-            "projector_lag_positions",
-            "Log positions a stage is behind the end of the log (read at scrape)",
-            lag.clone(),
-        );
-        registry.register(
-            "projector_log_last_sequence",
-            "The end of the log, from JetStream (read at scrape)",
-            log_end.clone(),
-        );
-        registry.register(
-            "projector_dead_letters",
-            "Events parked in dead_letters by either stage, all time (read at scrape)",
-            dead_letters.clone(),
-        );
+        let r = &mut Registry::default();
         Self {
-            registry,
-            batches,
-            batch_seconds,
-            positions,
-            failures,
-            parked,
-            checkpoint,
-            lag,
-            log_end,
-            dead_letters,
+            batches: registered(
+                r,
+                "projector_batch_positions",
+                "Log positions each committed transaction of a stage covered",
+                Family::new_with_constructor(size_histogram as fn() -> Histogram),
+            ),
+            batch_seconds: registered(
+                r,
+                "projector_batch_seconds",
+                "Time to apply and commit one batch of a stage",
+                Family::new_with_constructor(seconds_histogram as fn() -> Histogram),
+            ),
+            positions: registered(
+                r,
+                "projector_positions_applied",
+                "Log positions a stage has applied since this process started",
+                Family::default(),
+            ),
+            failures: registered(
+                r,
+                "projector_stage_failures",
+                "Failures of a stage (each retried with backoff from its checkpoint)",
+                Family::default(),
+            ),
+            parked: registered(
+                r,
+                "projector_parked_messages",
+                "Messages the log stage parked as poison since this process started",
+                Counter::default(),
+            ),
+            checkpoint: registered(
+                r,
+                "projector_checkpoint",
+                "The log position a stage has committed",
+                Family::default(),
+            ),
+            lag: registered(
+                r,
+                "projector_lag_positions",
+                "Log positions a stage is behind the end of the log (read at scrape)",
+                Family::default(),
+            ),
+            log_end: registered(
+                r,
+                "projector_log_last_sequence",
+                "The end of the log, from JetStream (read at scrape)",
+                Gauge::default(),
+            ),
+            dead_letters: registered(
+                r,
+                "projector_dead_letters",
+                "Events parked in dead_letters by either stage, all time (read at scrape)",
+                Gauge::default(),
+            ),
+            registry: std::mem::take(r),
         }
     }
 }
