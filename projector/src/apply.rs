@@ -144,6 +144,38 @@ fn is_repeated_event_id(e: &sqlx::Error) -> bool {
 /// The unique constraint on `change_log.event_id`.
 const EVENT_ID_UNIQUE: &str = "change_log_event_id_key";
 
+/// Moves the log stage's checkpoint (and announces it) to `seq`, never back. For
+/// positions the log holds no message at (a replay's bound).
+pub async fn advance_checkpoint(pool: &PgPool, name: &str, seq: u64) -> Result<u64, sqlx::Error> {
+    let (mut tx, last) = begin_at_checkpoint(pool, name).await?;
+    if last as u64 >= seq {
+        return Ok(last as u64);
+    }
+    set_checkpoint(&mut tx, name, seq).await?;
+    tx.commit().await?;
+    Ok(seq)
+}
+
+/// Sets the checkpoint and announces it, in one round trip; NOTIFY is delivered at
+/// commit.
+async fn set_checkpoint(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    seq: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH cp AS (UPDATE projector_checkpoints SET last_seq = $2, updated_at = now() \
+                     WHERE name = $1 RETURNING name, last_seq) \
+         SELECT pg_notify($3, cp.name || ':' || cp.last_seq) FROM cp",
+    )
+    .bind(name)
+    .bind(seq as i64)
+    .bind(CHECKPOINT_CHANNEL)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Parks one message with `reason` and moves the checkpoint past it.
 pub async fn park(
     pool: &PgPool,
@@ -228,17 +260,7 @@ async fn apply(
     }
     park_all(&mut tx, &poison).await?;
 
-    // Checkpoint and announcement in one round trip; NOTIFY is delivered at commit.
-    sqlx::query(
-        "WITH cp AS (UPDATE projector_checkpoints SET last_seq = $2, updated_at = now() \
-                     WHERE name = $1 RETURNING name, last_seq) \
-         SELECT pg_notify($3, cp.name || ':' || cp.last_seq) FROM cp",
-    )
-    .bind(name)
-    .bind(top as i64)
-    .bind(CHECKPOINT_CHANNEL)
-    .execute(&mut *tx)
-    .await?;
+    set_checkpoint(&mut tx, name, top).await?;
     tx.commit().await?;
     let applied = Applied {
         checkpoint: top,

@@ -66,36 +66,61 @@ pub(crate) async fn next_batch<M, E: std::fmt::Display>(
     Ok(batch)
 }
 
-/// Creates the durable consumer afresh so it starts right after the checkpoint held in
-/// PostgreSQL, whatever acks the previous incarnation managed to send. The database,
-/// not the consumer's ack floor, is the truth about what has been applied.
+/// What reads the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reader {
+    /// The projector's durable consumer, acknowledged after each commit.
+    Durable,
+    /// A consumer of a replay's own, never acknowledged, gone 30 s after the replay:
+    /// the durable consumer of a projector of the same name is left alone.
+    Replay,
+}
+
+/// How long a replay's consumer outlives its last read.
+const REPLAY_CONSUMER_IDLE: Duration = Duration::from_secs(30);
+
+/// Opens a consumer that starts right after the checkpoint held in PostgreSQL. The
+/// durable consumer is created afresh, whatever acks the previous incarnation managed
+/// to send: the database, not the consumer's ack floor, is the truth about what has
+/// been applied.
 pub(crate) async fn open(
     js: &jetstream::Context,
     stream: &str,
     name: &str,
     checkpoint: u64,
     batch_size: usize,
+    reader: Reader,
 ) -> anyhow::Result<pull::Stream> {
     let stream = js.get_stream(stream).await?;
-    // Absent on the first start; any other failure shows up in create_consumer below.
-    let _ = stream.delete_consumer(name).await;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(name.to_owned()),
-            deliver_policy: if checkpoint == 0 {
-                DeliverPolicy::All
-            } else {
-                DeliverPolicy::ByStartSequence {
-                    start_sequence: checkpoint + 1,
-                }
-            },
-            // One ack per committed batch acknowledges everything up to it.
-            ack_policy: AckPolicy::All,
-            ack_wait: Duration::from_secs(60),
-            max_ack_pending: (batch_size * 20) as i64,
+    let deliver_policy = if checkpoint == 0 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: checkpoint + 1,
+        }
+    };
+    let config = match reader {
+        Reader::Durable => {
+            // Absent on the first start; any other failure shows up in create_consumer.
+            let _ = stream.delete_consumer(name).await;
+            pull::Config {
+                durable_name: Some(name.to_owned()),
+                deliver_policy,
+                // One ack per committed batch acknowledges everything up to it.
+                ack_policy: AckPolicy::All,
+                ack_wait: Duration::from_secs(60),
+                max_ack_pending: (batch_size * 20) as i64,
+                ..Default::default()
+            }
+        }
+        Reader::Replay => pull::Config {
+            deliver_policy,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: REPLAY_CONSUMER_IDLE,
             ..Default::default()
-        })
-        .await?;
+        },
+    };
+    let consumer = stream.create_consumer(config).await?;
     Ok(consumer
         .stream()
         .max_messages_per_batch(batch_size)
@@ -114,18 +139,29 @@ pub(crate) struct Processed {
     pub parked: usize,
 }
 
-/// Applies one delivered batch; poison is isolated message by message and parked.
+/// Where a delivered message lies in the log, and when it was stored.
+fn info(msg: &jetstream::Message) -> anyhow::Result<jetstream::message::Info<'_>> {
+    msg.info()
+        .map_err(|e| anyhow::anyhow!("message without JetStream info: {e}"))
+}
+
+/// The log position of a delivered message.
+pub(crate) fn position(msg: &jetstream::Message) -> anyhow::Result<u64> {
+    Ok(info(msg)?.stream_sequence)
+}
+
+/// Applies one delivered batch; poison is isolated message by message and parked. The
+/// batch is acknowledged once committed when `reader` is the durable consumer.
 pub(crate) async fn process(
     pool: &PgPool,
     name: &str,
     msgs: &[jetstream::Message],
+    reader: Reader,
 ) -> anyhow::Result<Processed> {
     let batch: Vec<Incoming> = msgs
         .iter()
         .map(|m| {
-            let info = m
-                .info()
-                .map_err(|e| anyhow::anyhow!("message without JetStream info: {e}"))?;
+            let info = info(m)?;
             Ok(Incoming {
                 seq: info.stream_sequence,
                 subject: m.subject.to_string(),
@@ -163,7 +199,9 @@ pub(crate) async fn process(
         }
         Err(e) => return Err(e.into()),
     };
-    if let Some(last) = msgs.last() {
+    if reader == Reader::Durable
+        && let Some(last) = msgs.last()
+    {
         // Best effort: a lost ack only means redelivery, which the checkpoint absorbs.
         if let Err(e) = last.ack().await {
             tracing::debug!(error = %e, "ack failed; the checkpoint covers redelivery");

@@ -12,6 +12,7 @@ mod consumer;
 pub mod memberships;
 pub mod metrics;
 pub mod records;
+pub mod replay;
 pub mod telemetry;
 
 use std::{
@@ -31,6 +32,7 @@ use tokio::{
 };
 
 pub use config::{Config, Connections, Secret};
+use consumer::Reader;
 use metrics::{LOG_STAGE, Metrics, RECORDS_STAGE, StageLabels};
 use records::Handoff;
 
@@ -117,6 +119,8 @@ pub struct Projector {
     metrics: Arc<Metrics>,
     /// Where `GET /metrics` is served, when configured.
     metrics_listener: Option<TcpListener>,
+    /// A replay's bound: both stages stop once they have committed it.
+    until: Option<u64>,
 }
 
 impl Projector {
@@ -170,6 +174,7 @@ impl Projector {
             js,
             metrics: Arc::default(),
             metrics_listener,
+            until: None,
         })
     }
 
@@ -182,6 +187,21 @@ impl Projector {
         self.metrics_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
+    }
+
+    /// Projects the log up to `until` (at most its end) through a consumer of its own
+    /// (a projector of the same name elsewhere keeps its durable consumer), and returns
+    /// once both stages have committed `until`. Resumes from the database's checkpoints;
+    /// refuses a database another projector of this name is writing.
+    pub async fn replay(mut self, until: u64) -> anyhow::Result<()> {
+        self.until = Some(until);
+        self.run_until_stopped(std::future::pending()).await
+    }
+
+    /// The log's last position.
+    pub async fn log_end(&self) -> anyhow::Result<u64> {
+        let mut stream = self.js.get_stream(&self.config.conn.stream).await?;
+        Ok(stream.info().await?.state.last_sequence)
     }
 
     /// Projects until `shutdown` resolves, finishing the batch in flight. Failures are
@@ -247,36 +267,75 @@ impl Projector {
     ) -> anyhow::Result<()> {
         let name = &self.config.name;
         let mut checkpoint = apply::checkpoint(&self.pool, name).await?;
+        if self.until.is_some_and(|until| checkpoint >= until) {
+            progress.send_replace(checkpoint);
+            return Ok(());
+        }
+        let reader = match self.until {
+            Some(_) => Reader::Replay,
+            None => Reader::Durable,
+        };
         let mut messages = consumer::open(
             &self.js,
             &self.config.conn.stream,
             name,
             checkpoint,
             self.config.batch_size,
+            reader,
         )
         .await?;
-        tracing::info!(checkpoint, "projector consuming");
+        tracing::info!(
+            checkpoint,
+            ?reader,
+            until = self.until,
+            "projector consuming"
+        );
         loop {
-            let batch = tokio::select! {
+            let mut batch = tokio::select! {
                 batch = consumer::next_batch(&mut messages, self.config.batch_size, self.config.linger()) => batch?,
                 () = stopped(stop.clone()) => return Ok(()),
             };
-            // Not raced against shutdown: the batch in flight is finished.
-            let started = Instant::now();
-            let processed = consumer::process(&self.pool, name, &batch).await?;
-            self.metrics.batch(
-                &LOG_STAGE,
-                checkpoint,
-                processed.checkpoint,
-                started.elapsed(),
-            );
-            self.metrics.parked(processed.parked);
-            checkpoint = processed.checkpoint;
-            if let Some(handoff) = processed.handoff {
-                let _ = handoffs.try_send(handoff);
+            // A replay applies nothing beyond its bound.
+            let mut beyond = false;
+            if let Some(until) = self.until {
+                let mut within = Vec::with_capacity(batch.len());
+                for msg in batch {
+                    if consumer::position(&msg)? <= until {
+                        within.push(msg);
+                    } else {
+                        beyond = true;
+                    }
+                }
+                batch = within;
             }
-            progress.send_replace(checkpoint);
-            tracing::debug!(checkpoint, size = batch.len(), "batch applied");
+            if !batch.is_empty() {
+                // Not raced against shutdown: the batch in flight is finished.
+                let started = Instant::now();
+                let processed = consumer::process(&self.pool, name, &batch, reader).await?;
+                self.metrics.batch(
+                    &LOG_STAGE,
+                    checkpoint,
+                    processed.checkpoint,
+                    started.elapsed(),
+                );
+                self.metrics.parked(processed.parked);
+                checkpoint = processed.checkpoint;
+                if let Some(handoff) = processed.handoff {
+                    let _ = handoffs.try_send(handoff);
+                }
+                progress.send_replace(checkpoint);
+                tracing::debug!(checkpoint, size = batch.len(), "batch applied");
+            }
+            if let Some(until) = self.until {
+                if beyond && checkpoint < until {
+                    // Past the bound with no message at it (one removed from the log).
+                    checkpoint = apply::advance_checkpoint(&self.pool, name, until).await?;
+                    progress.send_replace(checkpoint);
+                }
+                if checkpoint >= until {
+                    return Ok(());
+                }
+            }
         }
     }
 
@@ -297,7 +356,7 @@ impl Projector {
         let mut incoming = handoffs.lock().await;
         let mut waiting = records::Handoffs::default();
         loop {
-            if *stop.borrow() {
+            if *stop.borrow() || self.until.is_some_and(|until| at >= until) {
                 return Ok(());
             }
             while waiting.len() < HANDOFFS_QUEUED
@@ -337,13 +396,28 @@ impl Projector {
     }
 
     /// A session-level advisory lock held on a dedicated connection for as long as the
-    /// returned connection lives; released by PostgreSQL if this process dies.
+    /// returned connection lives; released by PostgreSQL if this process dies. A
+    /// projector waits for it; a replay does not.
     async fn leader_lock(&self) -> anyhow::Result<sqlx::PgConnection> {
         let mut conn = self.pool.acquire().await?.detach();
-        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
-            .bind(format!("projector:{}", self.config.name))
-            .execute(&mut conn)
-            .await?;
+        let key = format!("projector:{}", self.config.name);
+        if self.until.is_none() {
+            sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(&mut conn)
+                .await?;
+            return Ok(conn);
+        }
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await?;
+        anyhow::ensure!(
+            locked,
+            "a projector named {:?} is writing this database: replay into another one",
+            self.config.name
+        );
         Ok(conn)
     }
 }

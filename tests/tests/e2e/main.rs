@@ -16,6 +16,7 @@ mod paging;
 mod plans;
 mod poison;
 mod push_pull;
+mod replay;
 mod roles;
 mod tail;
 mod tenancy;
