@@ -116,6 +116,11 @@ pub async fn rebuild(mut config: Config, until: Option<u64>) -> anyhow::Result<C
         Some(until) => anyhow::bail!("the log ends at {end}, before {until}"),
     };
     let pool = projector.pool().clone();
+    let at = crate::apply::read_checkpoint(&pool, &name).await?;
+    anyhow::ensure!(
+        at <= until,
+        "this database holds the log up to {at} already, past {until}: rebuild into an empty one"
+    );
     tracing::info!(until, "rebuilding the projections from the log");
     projector.replay(until).await?;
     checksum(&pool, &name).await

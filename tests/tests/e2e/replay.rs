@@ -126,9 +126,13 @@ async fn rebuilds_from_the_log_match_the_live_projection_at_every_position() {
         .await
         .expect("resumed rebuild");
     assert_eq!(resumed, end);
-    // Not beyond the log.
+    // Not beyond the log, and not back to an earlier position.
     let beyond = rebuild(projector_config(&app.nats, &full, NAME), Some(end_at + 1)).await;
-    assert!(beyond.is_err(), "{beyond:?}");
+    let why = beyond.expect_err("beyond the log").to_string();
+    assert!(why.contains(&format!("the log ends at {end_at}")), "{why}");
+    let back = rebuild(projector_config(&app.nats, &full, NAME), Some(first_at)).await;
+    let why = back.expect_err("back to an earlier position").to_string();
+    assert!(why.contains("past"), "{why}");
 
     // The live projector kept its durable consumer and goes on projecting.
     assert_eq!(durable_created(&app).await, consumer_created);
