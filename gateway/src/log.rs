@@ -94,12 +94,35 @@ struct Publisher {
     metrics: Arc<Metrics>,
 }
 
-/// A push waiting for its events to be published: the answer is the position just
-/// before its first event when known, or why it failed.
+/// A push waiting for its events to be published: the answer is where they went, or
+/// why they did not.
 struct Queued {
     events: Vec<PreparedEvent>,
     logged: Option<LoggedIds>,
-    reply: oneshot::Sender<Result<Option<u64>, String>>,
+    reply: oneshot::Sender<Result<Placed, String>>,
+}
+
+/// Where a push's events went in the log, as far as known (not for a resend JetStream
+/// recognised).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Placed {
+    /// The position just before the push's first event.
+    pub first: Option<u64>,
+    /// The position just before the atomic batch that carried it, shared with the
+    /// pushes combined with it. Every push acknowledged before this one arrived lies at
+    /// or below it (those acknowledged together with it do not), so it is all that
+    /// read-your-writes must wait for.
+    pub read_bound: Option<u64>,
+}
+
+impl Placed {
+    /// A push published on its own: its batch starts with it.
+    fn alone(first: Option<u64>) -> Self {
+        Self {
+            first,
+            read_bound: first,
+        }
+    }
 }
 
 /// The server's answer to a batch commit: an ack or an API error.
@@ -208,15 +231,13 @@ impl Log {
     /// the new ones published as one atomic batch, leaving out those `logged` knows to
     /// be in the log; without `logged`, or when it misses one, each goes on its own.
     ///
-    /// Returns the log position just before the push's first change when it is known
-    /// (not for a resend JetStream recognised): every push acknowledged before this one
-    /// arrived lies at or below it, so it bounds what read-your-writes must wait for
-    /// without another round trip.
+    /// Returns where the events went (see [`Placed`]): read-your-writes then needs no
+    /// other round trip to know what to wait for.
     pub async fn publish_all(
         &self,
         events: Vec<PreparedEvent>,
         logged: Option<LoggedIds>,
-    ) -> Result<Option<u64>, ApiError> {
+    ) -> Result<Placed, ApiError> {
         if !self.connected() {
             return Err(ApiError::unavailable(LOG, "not connected"));
         }
@@ -234,7 +255,11 @@ impl Log {
             if events.len() == 1 {
                 // One message is atomic by itself, and cheaper published alone.
                 let events: Vec<&PreparedEvent> = events.iter().collect();
-                return self.publisher.publish_alone(&events, Alone::Single).await;
+                return self
+                    .publisher
+                    .publish_alone(&events, Alone::Single)
+                    .await
+                    .map(Placed::alone);
             }
             if events.len() <= self.publisher.combined_limit() {
                 // Through the combiner: published together with concurrent pushes.
@@ -253,10 +278,13 @@ impl Log {
                     .map_err(|_| "the publisher has stopped".to_owned())?;
             }
             let events: Vec<&PreparedEvent> = events.iter().collect();
-            self.publisher.publish_push(&events, logged.as_ref()).await
+            self.publisher
+                .publish_push(&events, logged.as_ref())
+                .await
+                .map(Placed::alone)
         };
         match tokio::time::timeout(self.publish_timeout, publish).await {
-            Ok(Ok(before)) => Ok(before),
+            Ok(Ok(placed)) => Ok(placed),
             Ok(Err(why)) => Err(ApiError::unavailable(LOG, why)),
             Err(_) => Err(ApiError::unavailable(
                 LOG,
@@ -269,7 +297,7 @@ impl Log {
     /// sequence of the last one.
     pub async fn publish_events(&self, events: Vec<PreparedEvent>) -> Result<u64, ApiError> {
         let n = events.len() as u64;
-        match self.publish_all(events, None).await? {
+        match self.publish_all(events, None).await?.first {
             Some(before) => Ok(before + n),
             // A resend: the events are in the log already, at or before its end.
             None => self.last_seq().await,
@@ -429,9 +457,12 @@ impl Publisher {
                     if result.is_ok() {
                         self.metrics.group(1);
                     }
-                    result
+                    result.map(Placed::alone)
                 }
-                Whole::TooLarge => self.publish_chunks(&events, queued.logged.as_ref()).await,
+                Whole::TooLarge => self
+                    .publish_chunks(&events, queued.logged.as_ref())
+                    .await
+                    .map(Placed::alone),
                 Whole::Resend => {
                     drop(events);
                     self.metrics.resend();
@@ -449,7 +480,11 @@ impl Publisher {
                 let mut at = before;
                 for queued in group {
                     let n = queued.events.len() as u64;
-                    let _ = queued.reply.send(Ok(at));
+                    let placed = Placed {
+                        first: at,
+                        read_bound: before,
+                    };
+                    let _ = queued.reply.send(Ok(placed));
                     at = at.map(|a| a + n);
                 }
                 return;
@@ -491,7 +526,7 @@ impl Publisher {
             } else {
                 publisher.publish_push(&events, logged).await
             };
-            let _ = queued.reply.send(result);
+            let _ = queued.reply.send(result.map(Placed::alone));
         });
     }
 

@@ -71,8 +71,8 @@ pub async fn push(
     }
 
     // The response must include every push acknowledged before this one arrived: all of
-    // them lie before this push's first change (or, when that is unknown, before the
-    // log's end). Our own changes are excluded from the response anyway.
+    // them lie before the batch that carried this push (or, when that is unknown, before
+    // the log's end). Our own changes are excluded from the response anyway.
     let before = if events.is_empty() {
         None
     } else {
@@ -83,7 +83,11 @@ pub async fn push(
                 Box::pin(async move { state.logged_events(&access, ids, end).await })
             })
         };
-        state.log().publish_all(events, Some(logged)).await?
+        state
+            .log()
+            .publish_all(events, Some(logged))
+            .await?
+            .read_bound
     };
     let arrived_at = match before {
         Some(position) => position,
