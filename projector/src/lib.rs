@@ -93,6 +93,21 @@ where
     }
 }
 
+/// How often the leader checks that the session holding its lock is alive.
+const LOCK_CHECK: Duration = Duration::from_secs(1);
+
+/// Resolves once the session of `conn` has ended (PostgreSQL restarted, the connection
+/// dropped or was terminated): its advisory locks are gone with it.
+async fn session_ended(conn: &mut sqlx::PgConnection) {
+    loop {
+        tokio::time::sleep(LOCK_CHECK).await;
+        if let Err(e) = sqlx::query("SELECT 1").execute(&mut *conn).await {
+            tracing::warn!(error = %e, "the session holding the projector's lock ended");
+            return;
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -222,30 +237,43 @@ impl Projector {
             // Served while this runs: it stops with the stages, or when this returns.
             tokio::spawn(metrics::serve(listener, endpoint, stopped(stop.clone())));
         }
-        let (progress_tx, progress) = watch::channel(0u64);
-        // What the log stage committed, for the records stage to take in memory. When
-        // it is full, hand-offs are dropped: the records stage reads `change_log`.
-        let (handoff_tx, handoff_rx) = mpsc::channel::<Handoff>(HANDOFFS_QUEUED);
-        let handoff_rx = Mutex::new(handoff_rx);
         let work = async {
-            // One active projector per name; a second one waits here as a standby.
-            let _lock = tokio::select! {
-                lock = self.leader_lock() => lock?,
-                () = stopped(stop.clone()) => return Ok(()),
-            };
-            tokio::try_join!(
-                retrying(&LOG_STAGE, &self.metrics, stop.clone(), || self.consume(
-                    stop.clone(),
-                    &progress_tx,
-                    &handoff_tx
-                )),
-                retrying(&RECORDS_STAGE, &self.metrics, stop.clone(), || self.follow(
-                    progress.clone(),
-                    &handoff_rx,
-                    stop.clone()
-                )),
-            )?;
-            Ok(())
+            let mut stepped_down = false;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                // One active projector per name; a second one waits here as a standby.
+                let lock = tokio::select! {
+                    lock = self.leader_lock() => lock,
+                    () = stopped(stop.clone()) => return Ok(()),
+                };
+                let lock = match lock {
+                    Ok(lock) => lock,
+                    // Having led, a projector waits out PostgreSQL's restart; at start,
+                    // or replaying, a failure ends it.
+                    Err(e) if stepped_down && self.until.is_none() => {
+                        tracing::warn!(error.cause_chain = ?e, ?backoff, "taking the lock failed; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = stopped(stop.clone()) => return Ok(()),
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                backoff = Duration::from_millis(50);
+                self.metrics.leading(true);
+                let lost = self.lead(&stop, lock).await;
+                self.metrics.leading(false);
+                if !lost? {
+                    return Ok(());
+                }
+                stepped_down = true;
+                tracing::warn!(
+                    name = %self.config.name,
+                    "the session holding the projector's lock ended; stepped down, taking the lock again"
+                );
+            }
         };
         let mut work = pin!(work);
         tokio::select! {
@@ -256,6 +284,46 @@ impl Projector {
                 work.await
             }
         }
+    }
+
+    /// Runs both stages while `lock` (the leader lock's session) lives. Returns whether
+    /// the session ended: the stages then stop after their batch in flight (whose
+    /// commit the checkpoint's row lock still guards), since a standby may take over.
+    async fn lead(
+        &self,
+        stop: &watch::Receiver<bool>,
+        mut lock: sqlx::PgConnection,
+    ) -> anyhow::Result<bool> {
+        let (term_tx, term) = watch::channel(false);
+        let (progress_tx, progress) = watch::channel(0u64);
+        // What the log stage committed, for the records stage to take in memory. When
+        // it is full, hand-offs are dropped: the records stage reads `change_log`.
+        let (handoff_tx, handoff_rx) = mpsc::channel::<Handoff>(HANDOFFS_QUEUED);
+        let handoff_rx = Mutex::new(handoff_rx);
+        let stages = async {
+            tokio::try_join!(
+                retrying(&LOG_STAGE, &self.metrics, term.clone(), || self.consume(
+                    term.clone(),
+                    &progress_tx,
+                    &handoff_tx
+                )),
+                retrying(&RECORDS_STAGE, &self.metrics, term.clone(), || self.follow(
+                    progress.clone(),
+                    &handoff_rx,
+                    term.clone()
+                )),
+            )
+            .map(|_| ())
+        };
+        let mut stages = pin!(stages);
+        let lost = tokio::select! {
+            done = &mut stages => return done.map(|()| false),
+            () = stopped(stop.clone()) => false,
+            () = session_ended(&mut lock) => true,
+        };
+        let _ = term_tx.send(true);
+        stages.await?;
+        Ok(lost)
     }
 
     /// The log stage: the durable consumer into `change_log`, batch by batch.
@@ -396,8 +464,8 @@ impl Projector {
     }
 
     /// A session-level advisory lock held on a dedicated connection for as long as the
-    /// returned connection lives; released by PostgreSQL if this process dies. A
-    /// projector waits for it; a replay does not.
+    /// returned connection lives; released by PostgreSQL if this process dies or the
+    /// session ends (see [`session_ended`]). A projector waits for it; a replay does not.
     async fn leader_lock(&self) -> anyhow::Result<sqlx::PgConnection> {
         let mut conn = self.pool.acquire().await?.detach();
         let key = format!("projector:{}", self.config.name);

@@ -94,6 +94,7 @@ pub struct Metrics {
     lag: Family<StageLabels, Gauge>,
     log_end: Gauge,
     dead_letters: Gauge,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -154,6 +155,12 @@ impl Default for Metrics {
                 "Events parked in dead_letters by either stage, all time (read at scrape)",
                 Gauge::default(),
             ),
+            leader: registered(
+                r,
+                "projector_leader",
+                "Whether this process holds its name's lock and projects (1), or waits as a standby (0)",
+                Gauge::default(),
+            ),
             registry: std::mem::take(r),
         }
     }
@@ -173,6 +180,10 @@ impl Metrics {
 
     pub fn parked(&self, messages: usize) {
         self.parked.inc_by(messages as u64);
+    }
+
+    pub fn leading(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn failure(&self, stage: &StageLabels) {

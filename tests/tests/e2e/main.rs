@@ -9,6 +9,7 @@ mod crash;
 mod idempotency;
 mod json_schemas;
 mod large_push;
+mod leader;
 mod lww;
 mod metrics;
 mod outage;

@@ -31,7 +31,7 @@ async fn scrape(app: &TestApp, url: &str, token: Option<&str>) -> (StatusCode, S
 }
 
 /// The value of the sample `name` with exactly `labels`, if the scrape has it.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|line| {
