@@ -14,6 +14,7 @@ mod e2e;
 mod pull;
 mod push;
 mod raw;
+mod replay;
 mod report;
 mod revocation;
 mod stack;
@@ -247,6 +248,11 @@ async fn run(s: &Settings, rts: &Runtimes) -> anyhow::Result<Results> {
             .map(workload::raw_events)
             .collect::<anyhow::Result<Vec<_>>>()?;
         r.drain.push(e2e::drain(&mut stack, events, s.limit).await?);
+        progress!(
+            "run {rep}/{}: replaying the whole log into an empty database",
+            s.reps
+        );
+        r.replay.push(replay::measure(&stack, s.limit).await?);
         stack.stop().await;
     }
 

@@ -10,6 +10,7 @@ use crate::{
     e2e::{DrainRun, E2eRun},
     pull::PullRun,
     push::PushRun,
+    replay::ReplayRun,
 };
 
 /// Targets the README promises.
@@ -28,6 +29,7 @@ pub struct Results {
     pub push_batch_raw_individual: Vec<PushRun>,
     pub e2e: Vec<E2eRun>,
     pub drain: Vec<DrainRun>,
+    pub replay: Vec<ReplayRun>,
     pub pull: Vec<PullRun>,
 }
 
@@ -194,6 +196,20 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
             meets(e.rate() >= TARGET_E2E),
         );
     }
+    if let (Some(p), Some(d)) = (
+        median(&r.replay, ReplayRun::rate),
+        median(&r.drain, DrainRun::rate),
+    ) {
+        let _ = writeln!(
+            out,
+            "| Replay: the run's whole log ({} positions) rebuilt into an empty database; checksum equal to the live projection's | {} positions/s ({:.1} s) | {} changes/s (projector alone draining, as above) | {} | equal checksums | yes |",
+            thousands(p.events as f64),
+            thousands(p.rate()),
+            p.elapsed.as_secs_f64(),
+            thousands(d.rate()),
+            ratio(p.rate(), d.rate()),
+        );
+    }
     let g = median(&r.pull, |p| ms(&p.gateway, 0.99));
     let w = median(&r.pull, |p| ms(&p.raw, 0.99));
     if let (Some(g), Some(w)) = (g, w) {
@@ -269,6 +285,21 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
         r.drain
             .iter()
             .map(|d| format!("{} changes/s", thousands(d.rate())))
+            .collect(),
+    );
+    row(
+        &mut out,
+        "Replay of the whole log into an empty database (checksum equal)",
+        r.replay
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} positions/s ({} in {:.1} s)",
+                    thousands(p.rate()),
+                    thousands(p.events as f64),
+                    p.elapsed.as_secs_f64()
+                )
+            })
             .collect(),
     );
     row(

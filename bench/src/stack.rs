@@ -53,6 +53,11 @@ impl Stack {
         })
     }
 
+    /// The runtime the projector runs on (so is CPU accounted to it).
+    pub fn projector_runtime(&self) -> &Handle {
+        &self.rt.projector
+    }
+
     /// Stops the projector (finishing its batch in flight).
     pub async fn stop_projector(&mut self) {
         if let Some(p) = self.projector.take() {
