@@ -93,6 +93,9 @@ where
     }
 }
 
+/// How often a replay reports how far it got.
+const REPLAY_PROGRESS: Duration = Duration::from_secs(5);
+
 /// How often the leader checks that the session holding its lock is alive.
 const LOCK_CHECK: Duration = Duration::from_secs(1);
 
@@ -358,6 +361,7 @@ impl Projector {
             until = self.until,
             "projector consuming"
         );
+        let mut reported = Instant::now();
         loop {
             let mut batch = tokio::select! {
                 batch = consumer::next_batch(&mut messages, self.config.batch_size, self.config.linger()) => batch?,
@@ -393,6 +397,12 @@ impl Projector {
                 }
                 progress.send_replace(checkpoint);
                 tracing::debug!(checkpoint, size = batch.len(), "batch applied");
+            }
+            if let Some(until) = self.until
+                && reported.elapsed() >= REPLAY_PROGRESS
+            {
+                reported = Instant::now();
+                tracing::info!(checkpoint, until, "replaying");
             }
             if let Some(until) = self.until {
                 if beyond && checkpoint < until {
