@@ -74,11 +74,14 @@ pub async fn checkpoint(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
 }
 
 /// The checkpoint of `name` (0 when it has none yet); read-only.
-pub async fn read_checkpoint(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
+pub async fn read_checkpoint<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    name: &str,
+) -> Result<u64, sqlx::Error> {
     let seq: Option<i64> =
         sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1")
             .bind(name)
-            .fetch_optional(pool)
+            .fetch_optional(db)
             .await?;
     Ok(seq.unwrap_or(0) as u64)
 }

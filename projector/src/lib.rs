@@ -76,20 +76,39 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::default();
     loop {
         match stage().await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 metrics.failure(what);
-                tracing::warn!(stage = what.stage, error.cause_chain = ?e, ?backoff, "stage failed; retrying")
+                tracing::warn!(stage = what.stage, error.cause_chain = ?e, backoff = ?backoff.0, "stage failed; retrying")
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = stopped(stop.clone()) => return Ok(()),
+        if !backoff.wait(&stop).await {
+            return Ok(());
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Waits between retries: 50 ms, doubling up to 5 s.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(50))
+    }
+}
+
+impl Backoff {
+    /// Waits the current delay and doubles it; false when stopped meanwhile.
+    async fn wait(&mut self, stop: &watch::Receiver<bool>) -> bool {
+        let delay = self.0;
+        self.0 = (delay * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = stopped(stop.clone()) => false,
+        }
     }
 }
 
@@ -242,7 +261,7 @@ impl Projector {
         }
         let work = async {
             let mut stepped_down = false;
-            let mut backoff = Duration::from_millis(50);
+            let mut backoff = Backoff::default();
             loop {
                 // One active projector per name; a second one waits here as a standby.
                 let lock = tokio::select! {
@@ -254,17 +273,15 @@ impl Projector {
                     // Having led, a projector waits out PostgreSQL's restart; at start,
                     // or replaying, a failure ends it.
                     Err(e) if stepped_down && self.until.is_none() => {
-                        tracing::warn!(error.cause_chain = ?e, ?backoff, "taking the lock failed; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(backoff) => {}
-                            () = stopped(stop.clone()) => return Ok(()),
+                        tracing::warn!(error.cause_chain = ?e, backoff = ?backoff.0, "taking the lock failed; retrying");
+                        if !backoff.wait(&stop).await {
+                            return Ok(());
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
                     Err(e) => return Err(e),
                 };
-                backoff = Duration::from_millis(50);
+                backoff = Backoff::default();
                 self.metrics.leading(true);
                 let lost = self.lead(&stop, lock).await;
                 self.metrics.leading(false);

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 
-use crate::{Config, Projector, records};
+use crate::{Config, Projector, apply::read_checkpoint, records};
 
 /// Every projection of the log: the table, the key its rows are read in order of, and
 /// the columns left out (set by the clock when written, not by the log).
@@ -59,18 +59,8 @@ pub async fn checksum(pool: &PgPool, name: &str) -> anyhow::Result<Checksum> {
     sqlx::query("SET LOCAL row_security = off")
         .execute(&mut *tx)
         .await?;
-    let mut positions = [0u64; 2];
-    for (at, checkpoint) in positions
-        .iter_mut()
-        .zip([name.to_owned(), records::checkpoint_name(name)])
-    {
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT last_seq FROM projector_checkpoints WHERE name = $1")
-                .bind(checkpoint)
-                .fetch_optional(&mut *tx)
-                .await?;
-        *at = last.unwrap_or(0) as u64;
-    }
+    let log_checkpoint = read_checkpoint(&mut *tx, name).await?;
+    let records_checkpoint = read_checkpoint(&mut *tx, &records::checkpoint_name(name)).await?;
     let mut tables = BTreeMap::new();
     let mut all = Sha256::new();
     for (table, key, left_out) in PROJECTIONS {
@@ -93,8 +83,8 @@ pub async fn checksum(pool: &PgPool, name: &str) -> anyhow::Result<Checksum> {
         tables.insert((*table).to_owned(), sum);
     }
     Ok(Checksum {
-        log_checkpoint: positions[0],
-        records_checkpoint: positions[1],
+        log_checkpoint,
+        records_checkpoint,
         tables,
         sha256: hex::encode(all.finalize()),
     })
@@ -116,7 +106,7 @@ pub async fn rebuild(mut config: Config, until: Option<u64>) -> anyhow::Result<C
         Some(until) => anyhow::bail!("the log ends at {end}, before {until}"),
     };
     let pool = projector.pool().clone();
-    let at = crate::apply::read_checkpoint(&pool, &name).await?;
+    let at = read_checkpoint(&pool, &name).await?;
     anyhow::ensure!(
         at <= until,
         "this database holds the log up to {at} already, past {until}: rebuild into an empty one"
