@@ -496,7 +496,7 @@ impl Publisher {
                 return;
             }
             Err(PublishFailure::AlreadyPartlyLogged) => {
-                self.metrics.resend();
+                // Counted once its pushes, going one by one, meet the resend among them.
                 tracing::debug!(
                     pushes = group.len(),
                     "a combined batch holds a resend; publishing push by push"

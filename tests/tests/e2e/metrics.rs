@@ -83,6 +83,9 @@ async fn the_gateway_counts_requests_pushes_and_how_the_log_was_written() {
         app.push(USER, "phone", APP, &one).await.status,
         StatusCode::OK
     );
+    // The push of three again, as a client that never saw the answer resends it.
+    let resent = app.push(USER, "phone", APP, &three).await;
+    assert_eq!(resent.status, StatusCode::OK, "{}", resent.body);
     let bad = app
         .push(USER, "phone", APP, &json!({"changes": "no"}))
         .await;
@@ -112,21 +115,23 @@ async fn the_gateway_counts_requests_pushes_and_how_the_log_was_written() {
             &[("method", method), ("route", route), ("status", status)],
         )
     };
-    assert_eq!(requests("POST", "/sync/{app_id}", "200"), 2.0);
+    assert_eq!(requests("POST", "/sync/{app_id}", "200"), 3.0);
     assert_eq!(requests("POST", "/sync/{app_id}", "400"), 1.0);
     assert_eq!(requests("GET", "/sync/{app_id}/pull", "401"), 1.0);
     assert_eq!(requests("GET", "/sync/{app_id}/pull", "200"), 1.0);
     assert_eq!(requests("GET", "unmatched", "404"), 1.0);
     let timed = [("method", "POST"), ("route", "/sync/{app_id}")];
-    assert_eq!(value(&text, "sync_http_request_seconds_count", &timed), 3.0);
+    assert_eq!(value(&text, "sync_http_request_seconds_count", &timed), 4.0);
     assert!(value(&text, "sync_http_request_seconds_sum", &timed) > 0.0);
 
-    assert_eq!(value(&text, "sync_pushed_changes_total", &[]), 4.0);
+    assert_eq!(value(&text, "sync_pushed_changes_total", &[]), 7.0);
     let answers = sample(&text, "sync_push_answers_total", &[("source", "tail")]).unwrap_or(0.0)
         + sample(&text, "sync_push_answers_total", &[("source", "postgres")]).unwrap_or(0.0);
-    assert_eq!(answers, 2.0);
+    assert_eq!(answers, 3.0);
     // The push of three went as one atomic batch (with the events creating the user's
-    // personal space, logged in the same batch); the push of one went alone.
+    // personal space, logged in the same batch); the push of one went alone; the resend
+    // was refused whole by JetStream and published nothing.
+    assert_eq!(value(&text, "sync_log_resends_total", &[]), 1.0);
     assert_eq!(value(&text, "sync_log_atomic_batch_events_count", &[]), 1.0);
     let batched = value(&text, "sync_log_atomic_batch_events_sum", &[]);
     assert_eq!(batched + 1.0, last, "every logged event is counted once");
