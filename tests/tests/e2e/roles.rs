@@ -10,7 +10,9 @@ use async_nats::jetstream::{self, consumer::pull};
 use futures::{StreamExt as _, future::join_all};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use sync_tests::{TestApp, TestNats, changes, eventually, ids, role_password};
+use sync_tests::{
+    TestApp, TestDb, TestNats, changes, eventually, ids, projector_config, role_password,
+};
 
 const STREAM: &str = schemas::stream::DEFAULT_STREAM;
 
@@ -74,6 +76,17 @@ async fn each_part_does_its_work_as_its_own_user_and_nothing_more() {
         ids(&app.pull("alice", "laptop", "notes", "notes", "").await),
         ["mine", "shared"]
     );
+    // A rebuild, as the projector's user, through a consumer of its own.
+    app.wait_projected().await;
+    let replica = TestDb::create().await;
+    let name = schemas::projection::DEFAULT_PROJECTOR;
+    let rebuilt = projector::replay::rebuild(projector_config(&app.nats, &replica, name), None)
+        .await
+        .expect("a rebuild as the projector's user");
+    let live = projector::replay::checksum(&app.db.pool, name)
+        .await
+        .expect("checksum");
+    assert_eq!(rebuilt, live);
 
     // A trusted service adds bob to the space by publishing straight to the log.
     let members = schemas::subject::membership_subject("fam");
