@@ -204,7 +204,7 @@ impl AppState {
         if !tail.wait_for(target, timeout).await {
             return None;
         }
-        tail.page(&query(after))
+        tail.page(&query(after), target)
     }
 
     /// A page of what the caller may see, read as the caller: the query names only
@@ -222,6 +222,11 @@ impl AppState {
         exclude: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<store::PageResponse, ApiError> {
+        // Never past the checkpoint as PostgreSQL holds it now, whatever was heard
+        // before: the projector commits without waiting for the disk, so a crash of
+        // PostgreSQL can take back its last commits (and their rows), which it then
+        // applies again. A page up to the position heard before would skip them.
+        let upto = upto.min(self.progress().read().await?);
         let mut tx = store::begin_as(&self.0.pool, access).await?;
         let after = match since {
             Since::Start => 0,

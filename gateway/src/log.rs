@@ -70,6 +70,12 @@ const COMBINER_QUEUE: usize = 1024;
 
 const LOG: &str = "the log (NATS)";
 
+/// Time allowed per event of a push beyond the publish timeout: the server stages an
+/// atomic batch message by message, so the largest pushes (100,000 changes) take
+/// seconds; a batch dropped before its commit is abandoned whole, so a timeout too short
+/// for it would fail it on every retry.
+const TIME_PER_EVENT: Duration = Duration::from_micros(100);
+
 #[derive(Clone)]
 pub struct Log {
     publisher: Publisher,
@@ -92,6 +98,7 @@ struct Publisher {
     batches: Arc<Semaphore>,
     batch_limit: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    publish_timeout: Duration,
 }
 
 /// A push waiting for its events to be published: the answer is where they went, or
@@ -193,6 +200,7 @@ impl Log {
             batches: Arc::new(Semaphore::new(ATOMIC_BATCHES_IN_FLIGHT)),
             batch_limit: Arc::new(AtomicUsize::new(LIMIT_UNKNOWN)),
             metrics,
+            publish_timeout,
         };
         let (combiner, queue) = mpsc::channel(COMBINER_QUEUE);
         // Ends when every `Log` (so every sender) is gone.
@@ -251,6 +259,7 @@ impl Log {
                 "change {i} is larger than the log accepts ({max_payload} bytes)"
             )));
         }
+        let timeout = self.publisher.time_for(events.len());
         let publish = async {
             if events.len() == 1 {
                 // One message is atomic by itself, and cheaper published alone.
@@ -283,7 +292,7 @@ impl Log {
                 .await
                 .map(Placed::alone)
         };
-        match tokio::time::timeout(self.publish_timeout, publish).await {
+        match tokio::time::timeout(timeout, publish).await {
             Ok(Ok(placed)) => Ok(placed),
             Ok(Err(why)) => Err(ApiError::unavailable(LOG, why)),
             Err(_) => Err(ApiError::unavailable(
@@ -325,6 +334,11 @@ impl Publisher {
             .await
             .map_err(|e| e.to_string())?;
         Ok(stream.cached_info().state.last_sequence)
+    }
+
+    /// How long publishing `events` may take.
+    fn time_for(&self, events: usize) -> Duration {
+        self.publish_timeout + TIME_PER_EVENT * u32::try_from(events).unwrap_or(u32::MAX)
     }
 
     /// The server's limit on events per atomic batch, as far as known.
@@ -564,9 +578,16 @@ impl Publisher {
                 continue;
             }
             headers.insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
+            // Bounded by the batch's own time (not the client's 10 s default): a lost
+            // commit reply (a reconnect while it was in flight) must not keep the
+            // combiner from sending the next batch for longer than a push may wait.
+            let commit = async_nats::Request::new()
+                .headers(headers)
+                .payload(payload)
+                .timeout(Some(self.time_for(chunk.len())));
             let reply = self
                 .client
-                .request_with_headers(event.subject.clone(), headers, payload)
+                .send_request(event.subject.clone(), commit)
                 .await
                 .map_err(|e| failed(&e))?;
             return match serde_json::from_slice::<CommitReply>(&reply.payload) {

@@ -243,17 +243,19 @@ impl LogTail {
         self.0.following.wait_for(seq, timeout).await
     }
 
-    /// A page of what `q` asks for, up to everything the tail has seen; `None` when the
-    /// tail cannot answer exactly (see the module documentation).
-    pub fn page(&self, q: &TailQuery<'_>) -> Option<TailPage> {
+    /// A page of what `q` asks for, up to everything the tail has seen, which must reach
+    /// `target`; `None` when the tail cannot answer exactly (see the module
+    /// documentation). The window is checked again under its lock: one that restarted
+    /// from the projector's checkpoint since the wait for `target` may end before it.
+    pub fn page(&self, q: &TailQuery<'_>, target: u64) -> Option<TailPage> {
         if !self.0.following.is_live() {
             return None;
         }
-        self.0
-            .window
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .page(q)
+        let window = self.0.window.read().unwrap_or_else(|e| e.into_inner());
+        if window.end < target {
+            return None;
+        }
+        window.page(q)
     }
 
     /// Whether it follows the log right now (it answers reads only then).

@@ -1,7 +1,7 @@
 //! Validated client changes to canonical events, ready to publish: space resolved and
 //! authorized, timestamps clamped, deterministic event ids, subjects escaped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -39,16 +39,25 @@ pub struct PreparedEvent {
 }
 
 /// Turns a validated batch into events. Fails whole: one refused change refuses all.
+///
+/// A change sent twice in one push (the same bytes, so the same event id) becomes one
+/// event, the first: that is what JetStream's de-duplication makes of it one push
+/// later, and an atomic batch must not repeat a message id (nats-server refuses it
+/// whole, as it refuses a resend).
 pub fn prepare_batch(
     ctx: PushContext<'_>,
     changes: Vec<ClientChange>,
 ) -> Result<Vec<PreparedEvent>, RejectedBatch> {
     let received_at = truncate_micros(ctx.received_at);
-    changes
-        .into_iter()
-        .enumerate()
-        .map(|(i, change)| prepare_one(&ctx, received_at, i, change))
-        .collect()
+    let mut seen = HashSet::with_capacity(changes.len());
+    let mut events = Vec::with_capacity(changes.len());
+    for (i, change) in changes.into_iter().enumerate() {
+        let event = prepare_one(&ctx, received_at, i, change)?;
+        if seen.insert(event.envelope.event_id) {
+            events.push(event);
+        }
+    }
+    Ok(events)
 }
 
 fn prepare_one(
@@ -248,6 +257,31 @@ mod tests {
         )
         .unwrap();
         assert_ne!(a[0].msg_id, c[0].msg_id);
+    }
+
+    #[test]
+    fn a_change_repeated_within_a_push_becomes_one_event() {
+        let alice = Access::personal_only("alice");
+        let events = prepare_batch(
+            ctx(&alice, Utc::now()),
+            changes(json!([
+                {"table": "t", "id": "1", "op": "delete"},
+                {"table": "t", "id": "2", "op": "insert", "data": {"a": 1}},
+                {"id": "1", "op": "delete", "table": "t"},
+                {"table": "t", "id": "2", "op": "insert", "data": {"a": 2}},
+            ])),
+        )
+        .unwrap();
+        let ids: Vec<(&str, Op)> = events
+            .iter()
+            .map(|e| (record(e).record_id.as_str(), record(e).op))
+            .collect();
+        assert_eq!(
+            ids,
+            [("1", Op::Delete), ("2", Op::Insert), ("2", Op::Insert)]
+        );
+        let unique: HashSet<Uuid> = events.iter().map(|e| e.envelope.event_id).collect();
+        assert_eq!(unique.len(), 3);
     }
 
     #[test]

@@ -4,7 +4,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use schemas::{Op, time::parse_instant, wire::MAX_SCHEMA_VERSION};
+use schemas::{
+    Op,
+    time::parse_instant,
+    wire::{MAX_PUSH_CHANGES, MAX_SCHEMA_VERSION},
+};
 use serde_json::{Map, Value};
 
 use crate::error::RejectedBatch;
@@ -75,6 +79,16 @@ pub fn parse_push_request(body: &[u8]) -> Result<PushRequest, RejectedBatch> {
         Some(_) => return Err(RejectedBatch::invalid(None, "`changes` must be an array")),
         None => return Err(RejectedBatch::invalid(None, "`changes` is missing")),
     };
+    if changes.len() > MAX_PUSH_CHANGES {
+        return Err(RejectedBatch::TooLarge {
+            index: None,
+            message: format!(
+                "a push holds at most {MAX_PUSH_CHANGES} changes, this one {}: send them in \
+                 several pushes",
+                changes.len()
+            ),
+        });
+    }
     let changes = changes
         .into_iter()
         .enumerate()
@@ -392,6 +406,22 @@ mod tests {
         assert!(parse(json!({"changes": {}})).is_err());
         assert!(parse(json!({"changes": [], "schemaVersion": 2})).is_err());
         assert!(parse(json!({"changes": [], "clientId": 3})).is_err());
+    }
+
+    #[test]
+    fn a_push_of_more_changes_than_one_atomic_batch_holds_is_too_large() {
+        let change = json!({"table": "t", "id": "a", "op": "delete"});
+        let at_most = vec![change.clone(); MAX_PUSH_CHANGES];
+        assert_eq!(
+            parse(json!({ "changes": at_most })).unwrap().changes.len(),
+            MAX_PUSH_CHANGES
+        );
+        let over = vec![change; MAX_PUSH_CHANGES + 1];
+        let err = parse(json!({ "changes": over })).unwrap_err();
+        assert!(
+            matches!(&err, RejectedBatch::TooLarge { index: None, message } if message.contains("at most 100000 changes")),
+            "{err:?}"
+        );
     }
 
     #[test]

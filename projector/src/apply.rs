@@ -35,6 +35,16 @@ pub enum ApplyError {
     /// Anything else (connection lost, timeout, shutdown): retry later.
     #[error("transient database failure: {0}")]
     Transient(#[source] sqlx::Error),
+    /// The batch does not continue the log right after the checkpoint: position
+    /// `expected` is missing from it, the next one there is `found`. Applying it would
+    /// move the checkpoint over positions never applied. Either they were taken by
+    /// another reader of the same consumer (two projectors overlapping while a leader
+    /// steps down), and the consumer must be read again from the checkpoint, or they
+    /// were removed from the log, and the checkpoint may step over them.
+    #[error(
+        "the batch skips log positions {expected}..{found} (next after the checkpoint: {expected})"
+    )]
+    Gap { expected: u64, found: u64 },
 }
 
 impl From<sqlx::Error> for ApplyError {
@@ -206,6 +216,15 @@ async fn apply(
 ) -> Result<(Applied, Option<Handoff>), ApplyError> {
     let (mut tx, last) = begin_at_checkpoint(pool, name).await?;
     let fresh: Vec<&Incoming> = batch.iter().filter(|m| m.seq as i64 > last).collect();
+    // Only what continues the log right after the checkpoint, position by position.
+    for (expected, msg) in (last as u64 + 1..).zip(&fresh) {
+        if msg.seq != expected {
+            return Err(ApplyError::Gap {
+                expected,
+                found: msg.seq,
+            });
+        }
+    }
     let Some(top) = fresh.last().map(|m| m.seq) else {
         let applied = Applied {
             checkpoint: last as u64,
@@ -245,7 +264,7 @@ async fn apply(
     let (records, memberships): (Vec<_>, Vec<_>) = changes
         .into_iter()
         .partition(|(_, env)| matches!(env.event, Event::RecordChanged(_)));
-    let inserted = insert_change_log(&mut tx, &records, event_ids)
+    let inserted: HashSet<i64> = insert_change_log(&mut tx, &records, event_ids)
         .await
         .map_err(|e| {
             if is_repeated_event_id(&e) {
@@ -254,8 +273,11 @@ async fn apply(
             } else {
                 ApplyError::from(e)
             }
-        })?;
-    apply_visibility(&mut tx, &records).await?;
+        })?
+        .into_iter()
+        .collect();
+    // A change whose event the change log holds already (a late resend) sets nothing.
+    apply_visibility(&mut tx, &records, &inserted).await?;
     for (msg, env) in &memberships {
         if let Some(event) = env.event.membership() {
             apply_membership(&mut tx, msg.seq, &env.metadata.user_id, event).await?;
@@ -271,7 +293,6 @@ async fn apply(
         parked: poison.len(),
     };
     // Exactly the change-log rows this transaction wrote: everything in (last, top].
-    let inserted: HashSet<i64> = inserted.into_iter().collect();
     let changes = records
         .into_iter()
         .filter(|(msg, _)| inserted.contains(&(msg.seq as i64)))
@@ -499,10 +520,12 @@ fn record_change<'a>(
 async fn apply_visibility(
     tx: &mut Transaction<'_, Postgres>,
     changes: &[Decoded<'_>],
+    logged: &HashSet<i64>,
 ) -> Result<(), sqlx::Error> {
     let setting: Vec<_> = changes
         .iter()
         .filter_map(record_change)
+        .filter(|(msg, _, _)| logged.contains(&(msg.seq as i64)))
         .filter_map(|(msg, rc, env)| {
             let v = rc.visibility()?;
             schemas::event::VISIBILITIES.contains(&v).then_some((

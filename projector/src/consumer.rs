@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self,
     consumer::{AckPolicy, DeliverPolicy, pull},
+    stream::RawMessageErrorKind,
 };
 use futures::{FutureExt, Stream, StreamExt};
 use sqlx::PgPool;
@@ -128,6 +129,27 @@ pub(crate) async fn open(
         .expires(Duration::from_secs(30))
         .messages()
         .await?)
+}
+
+/// Whether every position in `from..to` is gone from the log (removed by an operator,
+/// or below its first message), so that a consumer may skip them; false as soon as one
+/// is there.
+pub(crate) async fn removed_from_log(
+    js: &jetstream::Context,
+    stream: &str,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<bool> {
+    let mut stream = js.get_stream(stream).await?;
+    let first = stream.info().await?.state.first_sequence;
+    for seq in from.max(first)..to {
+        match stream.get_raw_message(seq).await {
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
 }
 
 /// What one delivered batch came to.

@@ -31,6 +31,7 @@ use tokio::{
     sync::{Mutex, mpsc, watch},
 };
 
+use apply::ApplyError;
 pub use config::{Config, Connections, Secret};
 use consumer::Reader;
 use metrics::{LOG_STAGE, Metrics, RECORDS_STAGE, StageLabels};
@@ -397,23 +398,58 @@ impl Projector {
                 }
                 batch = within;
             }
-            if !batch.is_empty() {
-                // Not raced against shutdown: the batch in flight is finished.
+            // Not raced against shutdown: the batch in flight is finished.
+            let mut rest: &[jetstream::Message] = &batch;
+            while !rest.is_empty() {
                 let started = Instant::now();
-                let processed = consumer::process(&self.pool, name, &batch, reader).await?;
-                self.metrics.batch(
-                    &LOG_STAGE,
-                    checkpoint,
-                    processed.checkpoint,
-                    started.elapsed(),
-                );
-                self.metrics.parked(processed.parked);
-                checkpoint = processed.checkpoint;
-                if let Some(handoff) = processed.handoff {
-                    let _ = handoffs.try_send(handoff);
+                let mut absorb = |processed: consumer::Processed| {
+                    self.metrics.batch(
+                        &LOG_STAGE,
+                        checkpoint,
+                        processed.checkpoint,
+                        started.elapsed(),
+                    );
+                    self.metrics.parked(processed.parked);
+                    checkpoint = processed.checkpoint;
+                    if let Some(handoff) = processed.handoff {
+                        let _ = handoffs.try_send(handoff);
+                    }
+                    progress.send_replace(checkpoint);
+                };
+                let e = match consumer::process(&self.pool, name, rest, reader).await {
+                    Ok(processed) => {
+                        absorb(processed);
+                        tracing::debug!(checkpoint, size = rest.len(), "batch applied");
+                        break;
+                    }
+                    Err(e) => e,
+                };
+                let Some(&ApplyError::Gap { expected, found }) = e.downcast_ref::<ApplyError>()
+                else {
+                    return Err(e);
+                };
+                if !consumer::removed_from_log(&self.js, &self.config.conn.stream, expected, found)
+                    .await?
+                {
+                    // Taken by another reader: the consumer is opened again at the checkpoint.
+                    return Err(e.context("positions the log holds were not delivered"));
                 }
+                tracing::warn!(
+                    expected,
+                    found,
+                    "log positions removed from the log; stepping over them"
+                );
+                // What lies before the hole (in log order, up to it), then over the hole.
+                let split = rest
+                    .iter()
+                    .position(|m| consumer::position(m).is_ok_and(|p| p >= found))
+                    .unwrap_or(rest.len());
+                if split > 0 {
+                    absorb(consumer::process(&self.pool, name, &rest[..split], reader).await?);
+                }
+                checkpoint = apply::advance_checkpoint(&self.pool, name, found - 1).await?;
                 progress.send_replace(checkpoint);
-                tracing::debug!(checkpoint, size = batch.len(), "batch applied");
+                rest = &rest[split..];
             }
             if let Some(until) = self.until
                 && reported.elapsed() >= REPLAY_PROGRESS

@@ -20,6 +20,11 @@ pub const PAGE_SIZE: usize = 1000;
 /// Largest push body accepted.
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
+/// Most changes in one push: what `nats/log-limits.conf` lets one atomic batch hold, so
+/// every push a server with those limits takes is all-or-nothing. (Ten MiB of the
+/// smallest changes would be about 280,000.)
+pub const MAX_PUSH_CHANGES: usize = 100_000;
+
 /// What a cursor looks like: `s` and the log position in 16 lower-case hex digits.
 pub const CURSOR_PATTERN: &str = "^s[0-9a-f]{16}$";
 

@@ -213,6 +213,26 @@ async fn a_body_over_ten_mebibytes_is_413() {
 }
 
 #[tokio::test]
+async fn more_changes_than_one_atomic_batch_holds_is_413() {
+    let app = TestApp::spawn().await;
+    // Small enough a body (about 4 MB), but more changes than a push may hold.
+    let many: Vec<Value> = (0..=schemas::wire::MAX_PUSH_CHANGES)
+        .map(|i| json!({"table": "t", "id": format!("r{i}"), "op": "delete"}))
+        .collect();
+    let reply = app.push("alice", "c1", "todo", &changes(json!(many))).await;
+    assert_clean_error(&reply, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 100000 changes"),
+        "{}",
+        reply.body
+    );
+    assert_nothing_written(&app).await;
+}
+
+#[tokio::test]
 async fn garbage_cursors_are_400_not_a_silent_reset() {
     let app = TestApp::spawn().await;
     for since in [

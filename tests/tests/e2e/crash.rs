@@ -113,3 +113,77 @@ async fn projector_killed_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!(app.db.dump(log).await, clean.dump(log).await);
     assert_eq!(app.db.dump(records).await, clean.dump(records).await);
 }
+
+fn incoming(msg: &async_nats::jetstream::message::StreamMessage) -> projector::apply::Incoming {
+    projector::apply::Incoming {
+        seq: msg.sequence,
+        subject: msg.subject.to_string(),
+        payload: msg.payload.clone(),
+        logged_at: msg.time,
+    }
+}
+
+/// A delivery that does not continue the log right after the checkpoint (messages of
+/// the consumer taken by another reader, as when two projectors overlap for a moment
+/// while a leader steps down) is applied not at all: the checkpoint never steps over a
+/// position the log holds, so nothing is skipped for good.
+#[tokio::test]
+async fn a_batch_that_skips_log_positions_is_not_applied() {
+    let mut app = TestApp::spawn().await;
+    app.stop_projector().await;
+    for id in ["a", "b", "c"] {
+        let one = changes(json!([{"table": "items", "id": id, "op": "insert", "data": {}}]));
+        let reply = app.push("alice", "writer", "todo", &one).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    let log: Vec<_> = app.log_messages().await.iter().map(incoming).collect();
+    let name = schemas::projection::DEFAULT_PROJECTOR;
+    let applied = projector::apply::apply_batch(&app.db.pool, name, &log[..2])
+        .await
+        .expect("the first two");
+    assert_eq!(applied.checkpoint, 2);
+    let skipping = projector::apply::apply_batch(&app.db.pool, name, &log[3..]).await;
+    assert!(
+        matches!(
+            skipping,
+            Err(projector::apply::ApplyError::Gap {
+                expected: 3,
+                found: 4
+            })
+        ),
+        "{skipping:?}"
+    );
+    assert_eq!(app.db.checkpoint(name).await, 2);
+    assert_eq!(app.db.count("change_log").await, 0);
+
+    // Read again from the checkpoint, everything goes in once.
+    app.restart_projector().await;
+    app.wait_projected().await;
+    assert_eq!(app.db.count("change_log").await, 3);
+}
+
+/// Positions an operator removed from the log are stepped over, not waited for.
+#[tokio::test]
+async fn positions_removed_from_the_log_are_stepped_over() {
+    let mut app = TestApp::spawn().await;
+    app.stop_projector().await;
+    for id in ["a", "b", "c", "d"] {
+        let one = changes(json!([{"table": "items", "id": id, "op": "insert", "data": {}}]));
+        let reply = app.push("alice", "writer", "todo", &one).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    // The personal space's two events, then a, b, c, d: b and c removed.
+    let js = app.nats.jetstream().await;
+    let stream = js
+        .get_stream(schemas::stream::DEFAULT_STREAM)
+        .await
+        .expect("stream");
+    for seq in [4, 5] {
+        assert!(stream.delete_message(seq).await.expect("delete"));
+    }
+    app.restart_projector().await;
+    app.wait_projected().await;
+    let (seen, _) = app.pull_all("alice", "reader", "todo", "items", "").await;
+    let ids: Vec<&str> = seen.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "d"]);
+}

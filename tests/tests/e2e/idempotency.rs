@@ -56,6 +56,37 @@ async fn a_resend_after_the_duplicate_window_is_applied_once() {
     assert_eq!(seen.len(), 1);
 }
 
+/// A late resend of a change that set a visibility sets nothing: the change log keeps
+/// the original only, and `record_visibility` (what row-level security reads) must agree
+/// with it, not flip back to the resent value.
+#[tokio::test]
+async fn a_late_resend_of_a_visibility_change_sets_nothing() {
+    let app = TestApp::spawn().await;
+    let made_private = changes(json!([{"table": "notes", "id": "n1", "op": "insert",
+        "data": {"title": "draft", "visibility": "private", "updatedAt": "2026-05-01T10:00:00Z"}}]));
+    let shared = changes(json!([{"table": "notes", "id": "n1", "op": "update",
+        "fields": {"visibility": {"value": "space", "at": "2026-05-01T10:05:00Z"}}}]));
+    for push in [&made_private, &shared] {
+        let reply = app.push("alice", "laptop", "todo", push).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    app.wait_projected().await;
+    let visibility = "SELECT visibility FROM record_visibility WHERE record_id = 'n1'";
+    assert_eq!(app.db.strings(visibility).await, ["space"]);
+
+    // The insert again, under a fresh message id: JetStream no longer knows it.
+    let js = app.nats.jetstream().await;
+    let original = app.change_message(1).await;
+    js.publish(original.subject.clone(), original.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    app.wait_projected().await;
+    assert_eq!(app.db.count("change_log").await, 2);
+    assert_eq!(app.db.strings(visibility).await, ["space"]);
+}
+
 #[tokio::test]
 async fn a_resend_with_new_changes_added_lands_only_the_new_ones() {
     let app = TestApp::spawn().await;
@@ -107,6 +138,29 @@ async fn the_new_changes_of_a_grown_resend_are_published_as_one_batch() {
     let (seen, _) = app.pull_all("alice", "phone", "todo", "tasks", "").await;
     let ids: Vec<_> = seen.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+}
+
+/// A change sent twice in one push (a client's queue holding the same delete twice) is
+/// one event, and the push stays one atomic batch: nats-server refuses an atomic batch
+/// that repeats a message id, as it refuses a resend.
+#[tokio::test]
+async fn a_change_repeated_within_a_push_lands_once_in_one_atomic_batch() {
+    let app = TestApp::spawn().await;
+    let gone = json!({"table": "tasks", "id": "old", "op": "delete"});
+    let push = changes(json!([insert("a"), gone, insert("b"), gone]));
+    let reply = app.push("alice", "laptop", "todo", &push).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let batches = app.log_batches().await;
+    // Alice's personal space, a, the delete and b: one batch.
+    assert_eq!(
+        batches.iter().map(|b| b.1).collect::<Vec<_>>(),
+        [5],
+        "{batches:?}"
+    );
+    assert!(!batches[0].0.is_empty(), "one atomic batch");
+    app.wait_projected().await;
+    assert_eq!(app.db.count("change_log").await, 3);
+    assert_eq!(app.db.count("dead_letters").await, 0);
 }
 
 fn insert(id: &str) -> Value {

@@ -85,7 +85,10 @@ async fn a_leader_whose_lock_session_ends_steps_down_and_one_leads() {
     app.wait_projected().await;
     assert_eq!(app.db.count("change_log").await, 40);
     assert_eq!(app.db.count("records").await, 40);
-    assert!(one_leads().await);
+    // The old leader notices within a second that its lock is gone; until then both
+    // may count themselves leaders (each batch applies only what continues the log
+    // after the checkpoint, so the overlap skips nothing: `crash.rs`).
+    eventually(Duration::from_secs(20), one_leads).await;
 }
 
 #[tokio::test]
