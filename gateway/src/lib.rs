@@ -228,24 +228,21 @@ impl AppState {
         // applies again. A page up to the position heard before would skip them.
         let upto = upto.min(self.progress().read().await?);
         let mut tx = store::begin_as(&self.0.pool, access).await?;
-        let after = match since {
+        let mut query = store::ChangeQuery {
+            app_id,
+            table,
+            spaces,
+            after: 0,
+            upto,
+            exclude,
+            limit,
+        };
+        query.after = match since {
             Since::Start => 0,
             Since::After(cursor) => cursor.seq(),
-            Since::Timestamp(t) => store::position_at(&mut tx, t, upto).await?,
+            Since::Timestamp(t) => store::position_at(&mut tx, &query, t).await?,
         };
-        let page = store::changes_since(
-            &mut tx,
-            &store::ChangeQuery {
-                app_id,
-                table,
-                spaces,
-                after,
-                upto,
-                exclude,
-                limit,
-            },
-        )
-        .await?;
+        let page = store::changes_since(&mut tx, &query).await?;
         // Read-only: dropped, not committed (its ROLLBACK rides on the next use).
         drop(tx);
         Ok(store::PageResponse {

@@ -184,19 +184,37 @@ pub async fn changes_since(
     })
 }
 
-/// The position just before the first event logged at or after `t` (legacy cursors).
+/// The position just before the first event of the read (the caller's spaces, the app,
+/// the table when one) logged at or after `t`: where a legacy timestamp cursor starts.
+/// The earliest position, not the earliest time: should the log's clock ever step back,
+/// events logged before `t` may follow it and are then sent again, but none logged at
+/// or after `t` is skipped. Each space's scope index is walked from its start to its
+/// first such event (at once for the usual `1970-01-01T00:00:00.000Z`).
 pub async fn position_at(
     conn: &mut PgConnection,
+    q: &ChangeQuery<'_>,
     t: DateTime<Utc>,
-    upto: u64,
 ) -> Result<u64, sqlx::Error> {
-    let seq: Option<i64> = sqlx::query_scalar(
-        "SELECT seq FROM change_log WHERE logged_at >= $1 ORDER BY logged_at, seq LIMIT 1",
-    )
+    let table_filter = if q.table.is_some() {
+        "AND table_name = $4"
+    } else {
+        "AND $4::text IS NULL"
+    };
+    let seq: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT min(c.seq) FROM unnest($1::text[]) AS s(space_id) \
+         CROSS JOIN LATERAL ( \
+            SELECT seq FROM change_log \
+            WHERE space_id = s.space_id AND app_id = $2 {table_filter} AND logged_at >= $3 \
+            ORDER BY seq LIMIT 1 \
+         ) c"
+    ))
+    .bind(q.spaces)
+    .bind(q.app_id)
     .bind(t)
-    .fetch_optional(conn)
+    .bind(q.table)
+    .fetch_one(conn)
     .await?;
-    Ok(seq.map_or(upto, |s| (s as u64).saturating_sub(1)))
+    Ok(seq.map_or(q.upto, |s| (s as u64).saturating_sub(1)))
 }
 
 fn to_change(row: &PgRow) -> Result<StoredChange, sqlx::Error> {

@@ -152,3 +152,27 @@ async fn pulls_never_read_past_a_checkpoint_postgresql_took_back() {
     let ids: Vec<&str> = rest.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["c"]);
 }
+
+/// A legacy timestamp cursor starts at the first position logged at or after it, even
+/// when the log's clock stepped back: nothing logged at or after it is skipped.
+#[tokio::test]
+async fn a_legacy_timestamp_cursor_skips_nothing_when_the_clock_stepped_back() {
+    let app = TestApp::spawn().await;
+    for id in ["a", "b", "c"] {
+        let one = changes(json!([{"table": "items", "id": id, "op": "insert", "data": {}}]));
+        let reply = app.push("alice", "writer", "todo", &one).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    app.wait_projected().await;
+    // a was logged by a clock an hour ahead, which then stepped back.
+    app.db
+        .execute(
+            "UPDATE change_log SET logged_at = logged_at + interval '1 hour' WHERE record_id = 'a'",
+        )
+        .await;
+    let (seen, _) = app
+        .pull_all("alice", "reader", "todo", "items", "2000-01-01T00:00:00Z")
+        .await;
+    let ids: Vec<&str> = seen.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+}
