@@ -277,7 +277,7 @@ async fn apply(
         .into_iter()
         .collect();
     // A change whose event the change log holds already (a late resend) sets nothing.
-    apply_visibility(&mut tx, &records, &inserted).await?;
+    apply_visibility(&mut tx, name, &records, &inserted).await?;
     for (msg, env) in &memberships {
         if let Some(event) = env.event.membership() {
             apply_membership(&mut tx, msg.seq, &env.metadata.user_id, event).await?;
@@ -514,11 +514,16 @@ fn record_change<'a>(
 }
 
 /// Keeps `record_visibility` in step with changes that set a visibility. Only a
-/// record's author changes its visibility; the author is the user whose event created
-/// the record (`records.author_id`), or, for a record the records stage has not seen
-/// yet, the user setting it. A record that never left the default needs no row.
+/// record's author changes its visibility; the author is the user of the record's first
+/// change in the change log (what `records.author_id` holds once the records stage has
+/// merged it). Found in one snapshot from what this stage owns, wherever the records
+/// stage stands: `records` for the records it has merged (up to its checkpoint), else
+/// the first change after that checkpoint (this batch's rows included). So a rebuild,
+/// whose log stage runs far ahead of its records stage, decides as the live projector
+/// did. A record that never left the default needs no row.
 async fn apply_visibility(
     tx: &mut Transaction<'_, Postgres>,
+    name: &str,
     changes: &[Decoded<'_>],
     logged: &HashSet<i64>,
 ) -> Result<(), sqlx::Error> {
@@ -527,29 +532,36 @@ async fn apply_visibility(
         .filter_map(record_change)
         .filter(|(msg, _, _)| logged.contains(&(msg.seq as i64)))
         .filter_map(|(msg, rc, env)| {
-            let v = rc.visibility()?;
+            let (v, at) = rc.visibility_set()?;
             schemas::event::VISIBILITIES.contains(&v).then_some((
                 msg.seq,
                 rc,
                 env.metadata.user_id.as_str(),
                 v,
+                at,
             ))
         })
         .collect();
     // One statement per change, in log order: visibility changes are rare, and a later
     // change of the same record must see the earlier one.
-    for (seq, rc, user, visibility) in setting {
+    let records_checkpoint = crate::records::checkpoint_name(name);
+    for (seq, rc, user, visibility, at) in setting {
         sqlx::query(
-            "INSERT INTO record_visibility AS v (space_id, app_id, table_name, record_id, author_id, visibility, updated_seq) \
-             SELECT $1, $2, $3, $4, $5, $6, $7 \
-             WHERE ($6 <> $8 OR EXISTS (SELECT 1 FROM record_visibility x \
-                        WHERE (x.space_id, x.app_id, x.table_name, x.record_id) = ($1, $2, $3, $4))) \
-               AND NOT EXISTS (SELECT 1 FROM records r \
-                        WHERE (r.space_id, r.app_id, r.table_name, r.record_id) = ($1, $2, $3, $4) \
-                          AND r.author_id <> $5) \
+            "INSERT INTO record_visibility AS v \
+                (space_id, app_id, table_name, record_id, author_id, visibility, updated_seq, visibility_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+             WHERE $5 = COALESCE( \
+                    (SELECT r.author_id FROM records r \
+                        WHERE (r.space_id, r.app_id, r.table_name, r.record_id) = ($1, $2, $3, $4)), \
+                    (SELECT c.user_id FROM change_log c \
+                        WHERE c.space_id = $1 AND c.app_id = $2 AND c.table_name = $3 AND c.record_id = $4 \
+                          AND c.seq > COALESCE((SELECT last_seq FROM projector_checkpoints WHERE name = $9), 0) \
+                        ORDER BY c.seq LIMIT 1)) \
              ON CONFLICT (space_id, app_id, table_name, record_id) DO UPDATE \
-                SET visibility = EXCLUDED.visibility, updated_seq = EXCLUDED.updated_seq \
-                WHERE v.author_id = EXCLUDED.author_id",
+                SET visibility = EXCLUDED.visibility, updated_seq = EXCLUDED.updated_seq, \
+                    visibility_at = EXCLUDED.visibility_at \
+                WHERE v.author_id = EXCLUDED.author_id \
+                  AND (v.visibility_at IS NULL OR EXCLUDED.visibility_at >= v.visibility_at)",
         )
         .bind(&rc.space_id)
         .bind(&rc.app_id)
@@ -558,7 +570,8 @@ async fn apply_visibility(
         .bind(user)
         .bind(visibility)
         .bind(seq as i64)
-        .bind(schemas::event::DEFAULT_VISIBILITY)
+        .bind(at)
+        .bind(&records_checkpoint)
         .execute(&mut **tx)
         .await?;
     }

@@ -136,6 +136,23 @@ impl RecordChanged {
             Op::Delete => None,
         }
     }
+
+    /// The visibility this change sets and the instant it sets it at (the insert's, or
+    /// the field's): what last-write-wins compares. An insert without an instant sets
+    /// nothing (the merge ignores it too).
+    pub fn visibility_set(&self) -> Option<(&str, DateTime<Utc>)> {
+        match self.op {
+            Op::Insert => Some((
+                self.data.as_ref()?.get(VISIBILITY_FIELD)?.as_str()?,
+                self.at?,
+            )),
+            Op::Update => {
+                let field = self.fields.as_ref()?.get(VISIBILITY_FIELD)?;
+                Some((field.value.as_str()?, field.at))
+            }
+            Op::Delete => None,
+        }
+    }
 }
 
 /// The record field holding a record's visibility.

@@ -717,3 +717,93 @@ async fn membership_state_that_cannot_be_read_fails_closed() {
     })
     .await;
 }
+
+/// Who may set a record's visibility (its author: the user of its first change) does
+/// not depend on how far the records stage has got: a co-member's change of it is
+/// refused even when the log stage takes it in together with the record's creation,
+/// before the records stage has merged that (as in every rebuild).
+#[tokio::test]
+async fn only_the_author_sets_visibility_however_far_the_records_stage_is() {
+    let mut app = TestApp::spawn().await;
+    app.create_space(FAM, "A", &[("B", "member")]).await;
+    app.wait_projected().await;
+    app.stop_projector().await;
+    push_ok(&app, "A", json!([insert("shared", Some(FAM), json!({}))])).await;
+    push_ok(
+        &app,
+        "B",
+        json!([{"table": "notes", "id": "shared", "op": "update", "spaceId": FAM,
+                "fields": {"visibility": {"value": "private", "at": "2026-01-01T00:00:00Z"}}}]),
+    )
+    .await;
+    app.restart_projector().await;
+    app.wait_projected().await;
+    assert!(
+        app.db
+            .strings("SELECT visibility FROM record_visibility WHERE record_id = 'shared'")
+            .await
+            .is_empty(),
+        "B is not the author: the record keeps the default"
+    );
+    assert_eq!(pull_ids(&app, "A", &[]).await, ["shared", "shared"]);
+
+    // The author can still make it private.
+    push_ok(
+        &app,
+        "A",
+        json!([{"table": "notes", "id": "shared", "op": "update", "spaceId": FAM,
+                "fields": {"visibility": {"value": "private", "at": "2026-01-02T00:00:00Z"}}}]),
+    )
+    .await;
+    app.wait_projected().await;
+    assert_eq!(
+        app.db
+            .strings("SELECT visibility FROM record_visibility WHERE record_id = 'shared'")
+            .await,
+        ["private"]
+    );
+}
+
+/// Visibility follows last-write-wins like every other field: an older change of it
+/// that syncs late (the author's offline device) loses to a newer one already applied,
+/// in `records` and in what row-level security enforces alike.
+#[tokio::test]
+async fn an_older_visibility_change_synced_late_loses() {
+    let app = TestApp::spawn().await;
+    app.create_space(FAM, "A", &[("B", "member")]).await;
+    push_ok(&app, "A", json!([insert("diary", Some(FAM), json!({}))])).await;
+    let set = |visibility: &str, at: &str| {
+        json!([{"table": "notes", "id": "diary", "op": "update", "spaceId": FAM,
+                "fields": {"visibility": {"value": visibility, "at": at}}}])
+    };
+    // Made private at 10:05 on the laptop; the phone's change of 10:00 arrives after.
+    push_ok(&app, "A", set("private", "2026-05-01T10:05:00Z")).await;
+    let late = app
+        .push_on(
+            &app.gateway.base,
+            "A",
+            "notes",
+            &changes(set("space", "2026-05-01T10:00:00Z")),
+        )
+        .await;
+    assert_eq!(late.status, StatusCode::OK, "{}", late.body);
+    app.wait_projected().await;
+    assert_eq!(
+        app.db
+            .strings("SELECT data->>'visibility' FROM records WHERE record_id = 'diary'")
+            .await,
+        ["private"]
+    );
+    assert_eq!(
+        app.db
+            .strings("SELECT visibility FROM record_visibility WHERE record_id = 'diary'")
+            .await,
+        ["private"]
+    );
+    assert!(pull_ids(&app, "B", &[]).await.is_empty(), "B never sees it");
+
+    // A newer change wins, and an equal instant goes by log order.
+    push_ok(&app, "A", set("space", "2026-05-01T10:05:00Z")).await;
+    app.wait_projected().await;
+    assert_eq!(pull_ids(&app, "B", &[]).await.len(), 4);
+}
