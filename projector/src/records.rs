@@ -47,10 +47,11 @@ impl Handoffs {
         self.0.push_back(h);
     }
 
-    /// Drops what the records stage has passed, then takes the consecutive run starting
-    /// right after `at` (up to about `limit` changes), if the next one starts there.
+    /// Drops what starts before `at` (passed, or straddling it: of no use either way, the
+    /// change log has it), then takes the consecutive run starting right after `at` (up
+    /// to about `limit` changes), if the next one starts there.
     pub(crate) fn take_run(&mut self, at: u64, limit: usize) -> Vec<Handoff> {
-        while self.0.front().is_some_and(|h| h.upto <= at) {
+        while self.0.front().is_some_and(|h| h.after < at) {
             self.0.pop_front();
         }
         let mut run: Vec<Handoff> = Vec::new();
@@ -536,6 +537,17 @@ mod tests {
         assert_eq!(waiting.next_start(), Some(40));
         assert_eq!(ranges(&waiting.take_run(40, 100)), [(40, 50)]);
         assert_eq!((waiting.len(), waiting.next_start()), (0, None));
+    }
+
+    #[test]
+    fn a_hand_off_straddling_the_records_checkpoint_is_dropped_not_waited_on() {
+        let mut waiting = Handoffs::default();
+        waiting.push(handoff(0, 10, 5));
+        waiting.push(handoff(10, 20, 5));
+        // The records stage stands at 5 (it read the change log that far).
+        assert!(waiting.take_run(5, 100).is_empty());
+        assert_eq!(waiting.next_start(), Some(10), "the change log fills 5..10");
+        assert_eq!(ranges(&waiting.take_run(10, 100)), [(10, 20)]);
     }
 
     #[test]
