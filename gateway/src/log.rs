@@ -579,8 +579,8 @@ impl Publisher {
             }
             headers.insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
             // Bounded by the batch's own time (not the client's 10 s default): a lost
-            // commit reply (a reconnect while it was in flight) must not keep the
-            // combiner from sending the next batch for longer than a push may wait.
+            // commit reply (a reconnect while it was in flight) keeps the combiner from
+            // sending the next batch no longer than the batch may take.
             let commit = async_nats::Request::new()
                 .headers(headers)
                 .payload(payload)

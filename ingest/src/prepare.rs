@@ -41,23 +41,28 @@ pub struct PreparedEvent {
 /// Turns a validated batch into events. Fails whole: one refused change refuses all.
 ///
 /// A change sent twice in one push (the same bytes, so the same event id) becomes one
-/// event, the first: that is what JetStream's de-duplication makes of it one push
-/// later, and an atomic batch must not repeat a message id (nats-server refuses it
-/// whole, as it refuses a resend).
+/// event, at its last place: an atomic batch must not repeat a message id (nats-server
+/// refuses it whole, as it refuses a resend), and the last place keeps what the push
+/// ends with (`[insert r, delete r, insert r]` without times of their own get the same
+/// instant, so log order decides, and `r` must exist).
 pub fn prepare_batch(
     ctx: PushContext<'_>,
     changes: Vec<ClientChange>,
 ) -> Result<Vec<PreparedEvent>, RejectedBatch> {
     let received_at = truncate_micros(ctx.received_at);
-    let mut seen = HashSet::with_capacity(changes.len());
-    let mut events = Vec::with_capacity(changes.len());
-    for (i, change) in changes.into_iter().enumerate() {
-        let event = prepare_one(&ctx, received_at, i, change)?;
-        if seen.insert(event.envelope.event_id) {
-            events.push(event);
-        }
-    }
-    Ok(events)
+    let events = changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, change)| prepare_one(&ctx, received_at, i, change))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut later = HashSet::with_capacity(events.len());
+    let mut kept: Vec<PreparedEvent> = events
+        .into_iter()
+        .rev()
+        .filter(|e| later.insert(e.envelope.event_id))
+        .collect();
+    kept.reverse();
+    Ok(kept)
 }
 
 fn prepare_one(
@@ -278,7 +283,7 @@ mod tests {
             .collect();
         assert_eq!(
             ids,
-            [("1", Op::Delete), ("2", Op::Insert), ("2", Op::Insert)]
+            [("2", Op::Insert), ("1", Op::Delete), ("2", Op::Insert)]
         );
         let unique: HashSet<Uuid> = events.iter().map(|e| e.envelope.event_id).collect();
         assert_eq!(unique.len(), 3);

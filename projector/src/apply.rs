@@ -215,15 +215,22 @@ async fn apply(
     event_ids: EventIds,
 ) -> Result<(Applied, Option<Handoff>), ApplyError> {
     let (mut tx, last) = begin_at_checkpoint(pool, name).await?;
-    let fresh: Vec<&Incoming> = batch.iter().filter(|m| m.seq as i64 > last).collect();
-    // Only what continues the log right after the checkpoint, position by position.
-    for (expected, msg) in (last as u64 + 1..).zip(&fresh) {
-        if msg.seq != expected {
+    // Only what continues the log right after the checkpoint, position by position;
+    // a position delivered twice (a redelivery behind a slow batch) is taken once.
+    let mut fresh: Vec<&Incoming> = Vec::with_capacity(batch.len());
+    let mut reached = last as u64;
+    for msg in batch {
+        if msg.seq <= reached {
+            continue;
+        }
+        if msg.seq != reached + 1 {
             return Err(ApplyError::Gap {
-                expected,
+                expected: reached + 1,
                 found: msg.seq,
             });
         }
+        fresh.push(msg);
+        reached = msg.seq;
     }
     let Some(top) = fresh.last().map(|m| m.seq) else {
         let applied = Applied {

@@ -132,24 +132,21 @@ pub(crate) async fn open(
 }
 
 /// Whether every position in `from..to` is gone from the log (removed by an operator,
-/// or below its first message), so that a consumer may skip them; false as soon as one
-/// is there.
+/// or below its first message), so that a consumer may skip them: the log's first
+/// message at or after `from` lies at `to` or beyond (one request, however long the
+/// range).
 pub(crate) async fn removed_from_log(
     js: &jetstream::Context,
     stream: &str,
     from: u64,
     to: u64,
 ) -> anyhow::Result<bool> {
-    let mut stream = js.get_stream(stream).await?;
-    let first = stream.info().await?.state.first_sequence;
-    for seq in from.max(first)..to {
-        match stream.get_raw_message(seq).await {
-            Ok(_) => return Ok(false),
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
-            Err(e) => return Err(e.into()),
-        }
+    let stream = js.get_stream(stream).await?;
+    match stream.get_first_raw_message_by_subject(">", from).await {
+        Ok(next) => Ok(next.sequence >= to),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(true),
+        Err(e) => Err(e.into()),
     }
-    Ok(true)
 }
 
 /// What one delivered batch came to.

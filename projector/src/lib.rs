@@ -428,7 +428,13 @@ impl Projector {
                 else {
                     return Err(e);
                 };
-                if !consumer::removed_from_log(&self.js, &self.config.conn.stream, expected, found)
+                if found <= expected
+                    || !consumer::removed_from_log(
+                        &self.js,
+                        &self.config.conn.stream,
+                        expected,
+                        found,
+                    )
                     .await?
                 {
                     // Taken by another reader: the consumer is opened again at the checkpoint.

@@ -156,6 +156,19 @@ async fn a_batch_that_skips_log_positions_is_not_applied() {
     assert_eq!(app.db.checkpoint(name).await, 2);
     assert_eq!(app.db.count("change_log").await, 0);
 
+    // Positions delivered twice (a redelivery behind a slow batch) are taken once.
+    let repeated = [
+        log[2].clone(),
+        log[2].clone(),
+        log[3].clone(),
+        log[2].clone(),
+    ];
+    let applied = projector::apply::apply_batch(&app.db.pool, name, &repeated)
+        .await
+        .expect("a and b, once each");
+    assert_eq!(applied.checkpoint, 4);
+    assert_eq!(app.db.count("change_log").await, 2);
+
     // Read again from the checkpoint, everything goes in once.
     app.restart_projector().await;
     app.wait_projected().await;

@@ -151,7 +151,7 @@ async fn a_change_repeated_within_a_push_lands_once_in_one_atomic_batch() {
     let reply = app.push("alice", "laptop", "todo", &push).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let batches = app.log_batches().await;
-    // Alice's personal space, a, the delete and b: one batch.
+    // Alice's personal space, a, b and the delete (at its last place): one batch.
     assert_eq!(
         batches.iter().map(|b| b.1).collect::<Vec<_>>(),
         [5],
