@@ -19,6 +19,17 @@ use crate::{AppState, config::Config, error::ApiError};
 /// Least time between two JWKS fetches triggered by unknown key ids.
 const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// After a failed fetch, how soon the next token that needs the set may try again.
+const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+
+/// How long fetched keys are trusted before the set is fetched again (on the next token
+/// that needs one): a key the auth service withdrew stops working within this long.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// Shortest HS256 secret accepted: HMAC-SHA256 keys shorter than the hash are weak (RFC
+/// 7518, 3.2), and an empty one (an unset variable) would let anyone mint tokens.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
@@ -128,12 +139,35 @@ pub struct Verifier {
 struct Jwks {
     url: String,
     http: reqwest::Client,
-    keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
-    last_fetch: Mutex<Option<Instant>>,
+    keys: RwLock<Keys>,
+    /// When the set was last asked for, and whether that worked.
+    last_fetch: Mutex<Option<(Instant, bool)>>,
+}
+
+/// The key set as last fetched, and when.
+#[derive(Default)]
+struct Keys {
+    by_id: HashMap<String, Arc<DecodingKey>>,
+    fetched: Option<Instant>,
+}
+
+impl Keys {
+    fn fresh(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+        self.fetched
+            .is_some_and(|t| t.elapsed() < JWKS_MAX_AGE)
+            .then(|| self.by_id.get(kid).cloned())
+            .flatten()
+    }
 }
 
 impl Verifier {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        if let Some(secret) = &config.jwt_hs256_secret {
+            anyhow::ensure!(
+                secret.0.len() >= MIN_SECRET_BYTES,
+                "JWT_HS256_SECRET must be at least {MIN_SECRET_BYTES} bytes"
+            );
+        }
         let hs256 = config
             .jwt_hs256_secret
             .as_ref()
@@ -179,13 +213,17 @@ impl Verifier {
                     .as_deref()
                     .ok_or_else(|| invalid("no `kid` in header"))?;
                 jwks.key(kid)
-                    .await
+                    .await?
                     .ok_or_else(|| invalid("unknown signing key"))?
             }
             _ => return Err(invalid("unsupported algorithm")),
         };
         let mut validation = Validation::new(header.alg);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience is required, not only compared when present.
+        let mut required = vec!["exp", "sub"];
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         match &self.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -200,6 +238,9 @@ impl Verifier {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => invalid("expired"),
             jsonwebtoken::errors::ErrorKind::InvalidIssuer => invalid("wrong issuer"),
             jsonwebtoken::errors::ErrorKind::InvalidAudience => invalid("wrong audience"),
+            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(claim) => {
+                invalid(&format!("no `{claim}` claim"))
+            }
             _ => invalid("bad signature or claims"),
         })?;
         if data.claims.sub.is_empty() {
@@ -210,27 +251,51 @@ impl Verifier {
 }
 
 impl Jwks {
-    /// The key for `kid`; an unknown id triggers a refetch, at most once per
-    /// [`JWKS_REFETCH_INTERVAL`], so garbage ids cannot hammer the auth service.
-    async fn key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
-        if let Some(key) = self.keys.read().await.get(kid) {
-            return Some(key.clone());
+    /// The key for `kid`. An unknown id, or a set older than [`JWKS_MAX_AGE`], triggers
+    /// a fetch, at most once per [`JWKS_REFETCH_INTERVAL`], so garbage ids cannot hammer
+    /// the auth service. When the auth service cannot be reached, the keys fetched before
+    /// stay in use; a token whose key is not among them is a 503 (the client should
+    /// retry), not a 401 (which clients take as "sign in again").
+    async fn key(&self, kid: &str) -> Result<Option<Arc<DecodingKey>>, ApiError> {
+        if let Some(key) = self.keys.read().await.fresh(kid) {
+            return Ok(Some(key));
         }
         let mut last = self.last_fetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL) {
-            // Another request may have fetched while we waited for the lock.
-            return self.keys.read().await.get(kid).cloned();
+        let known = || async { self.keys.read().await.by_id.get(kid).cloned() };
+        let unreachable =
+            |why: String| ApiError::unavailable("the auth service's keys (JWKS)", why);
+        if let Some((at, worked)) = *last {
+            let interval = if worked {
+                JWKS_REFETCH_INTERVAL
+            } else {
+                JWKS_RETRY_AFTER_FAILURE
+            };
+            if at.elapsed() < interval {
+                // Asked just now, perhaps while we waited for the lock.
+                return match known().await {
+                    Some(key) => Ok(Some(key)),
+                    None if worked => Ok(None),
+                    None => Err(unreachable("the last fetch failed".into())),
+                };
+            }
         }
-        *last = Some(Instant::now());
-        match self.fetch().await {
-            Ok(keys) => {
-                let found = keys.get(kid).cloned();
-                *self.keys.write().await = keys;
-                found
+        let result = self.fetch().await;
+        *last = Some((Instant::now(), result.is_ok()));
+        match result {
+            Ok(by_id) => {
+                let found = by_id.get(kid).cloned();
+                *self.keys.write().await = Keys {
+                    by_id,
+                    fetched: Some(Instant::now()),
+                };
+                Ok(found)
             }
             Err(e) => {
                 tracing::warn!(error.cause_chain = ?e, url = %self.url, "JWKS fetch failed");
-                None
+                match known().await {
+                    Some(key) => Ok(Some(key)),
+                    None => Err(unreachable(e.to_string())),
+                }
             }
         }
     }
@@ -247,12 +312,34 @@ impl Jwks {
         Ok(set
             .keys
             .iter()
+            .filter(|jwk| is_ed25519_signing_key(jwk))
             .filter_map(|jwk| {
                 let kid = jwk.common.key_id.clone()?;
                 DecodingKey::from_jwk(jwk).ok().map(|k| (kid, Arc::new(k)))
             })
             .collect())
     }
+}
+
+/// An Ed25519 public key for signatures, with a key of the right length: anything else in
+/// the set is left out (the verifier of a malformed key could fail on every token).
+fn is_ed25519_signing_key(jwk: &jsonwebtoken::jwk::Jwk) -> bool {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, KeyAlgorithm, PublicKeyUse};
+    let AlgorithmParameters::OctetKeyPair(okp) = &jwk.algorithm else {
+        return false;
+    };
+    // 32 bytes in unpadded base64url.
+    okp.curve == EllipticCurve::Ed25519
+        && okp.x.trim_end_matches('=').len() == 43
+        && jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_none_or(|u| *u == PublicKeyUse::Signature)
+        && jwk
+            .common
+            .key_algorithm
+            .is_none_or(|a| a == KeyAlgorithm::EdDSA)
 }
 
 /// Mints an HS256 token for `sub`, valid for `ttl` (the `gateway token` command).

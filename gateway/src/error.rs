@@ -85,10 +85,20 @@ impl From<RejectedBatch> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        // The server going away mid-query (shut down, restarted, failed over: SQLSTATE
+        // class 57 "operator intervention", 08 "connection exception") is the
+        // dependency being down, not a fault of ours.
+        let server_gone = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|code| code.starts_with("57") || code.starts_with("08"));
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                Self::unavailable("PostgreSQL", e)
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => Self::unavailable("PostgreSQL", e),
+            e if server_gone => Self::unavailable("PostgreSQL", e),
             e => Self::Internal(e.into()),
         }
     }
@@ -141,4 +151,50 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Errors answered by the framework rather than by a handler (a path or query that does
+/// not parse, a method the route does not take) come as plain text or empty: rewritten
+/// as the JSON error every other answer is, with the same status and its text as the
+/// message (what the framework says names the problem and nothing internal).
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = if text.is_empty() || status.is_server_error() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut rewritten = (
+        status,
+        Json(serde_json::json!({"error": code, "message": message})),
+    )
+        .into_response();
+    // Keep what else the answer said (`Allow` of a 405, CORS headers).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            rewritten.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    rewritten
 }

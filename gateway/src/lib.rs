@@ -263,6 +263,16 @@ pub struct App {
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let verifier = Verifier::from_config(&config)?;
+        for (name, key) in [
+            ("SERVICE_KEY", &config.service_key),
+            ("METRICS_TOKEN", &config.metrics_token),
+        ] {
+            // Set but empty (an unset variable in a deployment file) would guard nothing.
+            anyhow::ensure!(
+                key.as_ref().is_none_or(|k| !k.0.trim().is_empty()),
+                "{name} is set but empty"
+            );
+        }
         let pool = PgPoolOptions::new()
             .max_connections(32)
             .acquire_timeout(std::time::Duration::from_secs(5))
@@ -373,6 +383,7 @@ fn router(state: AppState, cors: Option<CorsLayer>, compress: bool) -> Router {
             state.clone(),
             metrics::track,
         ))
+        .layer(middleware::map_response(error::json_errors))
         .layer(DefaultBodyLimit::max(schemas::wire::MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -16,7 +16,7 @@ use std::{
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt as _;
 use ingest::{Access, membership::Memberships};
-use schemas::{Envelope, Role, subject::MEMBERSHIP_SUBJECTS};
+use schemas::{Role, subject::MEMBERSHIP_SUBJECTS};
 use sqlx::{PgPool, Row as _};
 use tokio::sync::watch;
 
@@ -144,8 +144,10 @@ impl MembershipView {
             let msg = msg?;
             let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
             let seq = info.stream_sequence;
-            match Envelope::from_json(&msg.payload) {
-                Ok(env) if msg.subject.as_str() == env.event.subject() => {
+            // The projector's own decoding: what it parks (undecodable, on the wrong
+            // subject, holding NUL) the view skips alike.
+            match projector::apply::decode(&msg.subject, &msg.payload) {
+                Ok(env) => {
                     if let Some(event) = env.event.membership() {
                         self.0
                             .state

@@ -37,7 +37,7 @@ pub async fn begin_as(
             .join(",")
     );
     let (Some(user), Some(spaces)) = (literal(access.user_id()), literal(&array)) else {
-        return Err(sqlx::Error::Protocol("an id contains NUL".into()));
+        return Err(sqlx::Error::InvalidArgument("an id contains NUL".into()));
     };
     pool.begin_with(format!(
         "BEGIN READ ONLY; SELECT set_config('role', '{READER_ROLE}', true), \

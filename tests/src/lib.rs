@@ -17,7 +17,7 @@ pub use nats::{TestNats, role_password};
 pub use wait::eventually;
 
 /// HS256 secret of every test gateway.
-pub const SECRET: &str = "test-secret";
+pub const SECRET: &str = "test-secret-of-at-least-32-bytes-0123";
 
 /// Service key of every test gateway's internal API.
 pub const SERVICE_KEY: &str = "test-service-key";

@@ -93,6 +93,9 @@ pub async fn push(
         Some(position) => position,
         None => state.log().last_seq().await?,
     };
+    // What the caller may read now, after the publish (which may have waited): a removal
+    // logged meanwhile holds for the answer, as for a pull.
+    let access = state.access(&user.user_id).await?;
     let spaces = access.readable_spaces();
     let exclude = Some((client_id.as_str(), user.user_id.as_str()));
     let from_tail = state.tail_page(arrived_at, since, |after| TailQuery {

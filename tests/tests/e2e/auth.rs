@@ -41,15 +41,14 @@ impl Issuer {
     }
 
     fn token(&self, sub: &str, exp_in: i64, iss: &str) -> String {
+        let exp = chrono::Utc::now().timestamp() + exp_in;
+        self.sign(json!({"sub": sub, "exp": exp, "iss": iss}))
+    }
+
+    fn sign(&self, claims: serde_json::Value) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
-        let exp = chrono::Utc::now().timestamp() + exp_in;
-        jsonwebtoken::encode(
-            &header,
-            &json!({"sub": sub, "exp": exp, "iss": iss}),
-            &self.key,
-        )
-        .expect("sign")
+        jsonwebtoken::encode(&header, &claims, &self.key).expect("sign")
     }
 }
 
@@ -66,7 +65,9 @@ async fn eddsa_tokens_from_the_jwks_are_accepted_and_others_refused() {
             move || {
                 fetches.fetch_add(1, Ordering::SeqCst);
                 let jwk = jwk.clone();
-                async move { Json(json!({ "keys": [jwk] })) }
+                // Beside it, a malformed key (its `x` is not 32 bytes): left out.
+                let bad = json!({"kty": "OKP", "crv": "Ed25519", "x": "AAAA", "kid": "bad"});
+                async move { Json(json!({ "keys": [jwk, bad] })) }
             }
         }),
     );
@@ -105,6 +106,18 @@ async fn eddsa_tokens_from_the_jwks_are_accepted_and_others_refused() {
             "wrong issuer",
         ),
         (
+            issuer.sign(json!({"sub": "user-42", "exp": chrono::Utc::now().timestamp() + 300})),
+            "no issuer at all, when one is configured",
+        ),
+        (
+            Issuer {
+                kid: "bad".to_owned(),
+                ..Issuer::new("bad").0
+            }
+            .token("user-42", 300, "https://auth.example"),
+            "a malformed key of the set",
+        ),
+        (
             stranger.token("user-42", 300, "https://auth.example"),
             "unknown key",
         ),
@@ -133,4 +146,51 @@ async fn eddsa_tokens_from_the_jwks_are_accepted_and_others_refused() {
         1,
         "unknown key ids do not refetch within the interval"
     );
+}
+
+/// While the auth service's key set cannot be fetched, a token whose key is not known yet
+/// is a 503 (retry later), not a 401 (which clients take as "sign in again").
+#[tokio::test]
+async fn an_unreachable_jwks_is_a_503_not_a_401() {
+    let (issuer, _) = Issuer::new("key-1");
+    // A port nothing listens on.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!("http://{}/jwks", closed.local_addr().unwrap());
+    drop(closed);
+
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    let mut config = gateway_config(&nats, &db);
+    config.jwt_hs256_secret = None;
+    config.jwks_url = Some(jwks_url);
+    let gateway = RunningGateway::start(config).await;
+    let http = sync_tests::http_client();
+    for _ in 0..2 {
+        let reply = send(
+            http.get(format!("{}/sync/todo/pull?collection=t", gateway.base))
+                .bearer_auth(issuer.token("user-42", 300, "https://auth.example")),
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.body
+        );
+        assert!(reply.body["error"].is_string(), "{}", reply.body);
+    }
+}
+
+/// An HS256 secret shorter than the hash (or empty: an unset variable) is refused at
+/// start; it would let anyone mint tokens.
+#[tokio::test]
+async fn a_short_hs256_secret_stops_the_gateway_at_start() {
+    let nats = TestNats::start().await;
+    let db = TestDb::create().await;
+    for secret in ["", "short"] {
+        let mut config = gateway_config(&nats, &db);
+        config.jwt_hs256_secret = Some(gateway::config::Secret(secret.to_owned()));
+        let e = gateway::App::build(config).await.err().expect("refused");
+        assert!(e.to_string().contains("at least 32 bytes"), "{e:#}");
+    }
 }

@@ -253,6 +253,39 @@ async fn garbage_cursors_are_400_not_a_silent_reset() {
     }
 }
 
+/// What the framework refuses before any handler runs (a path segment that is not valid
+/// UTF-8, a query that does not parse, a method the route does not take) is a JSON
+/// error too.
+#[tokio::test]
+async fn paths_queries_and_methods_the_routes_refuse_answer_json() {
+    let app = TestApp::spawn().await;
+    let token = app.token("alice");
+    let base = &app.gateway.base;
+    for (request, status) in [
+        (
+            app.http.get(format!("{base}/sync/%FF/pull?collection=t")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            app.http
+                .get(format!("{base}/sync/todo/pull?since=a&since=b")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            app.http.put(format!("{base}/sync/todo")),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            app.http.delete(format!("{base}/health")),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ] {
+        let reply = send(request.bearer_auth(&token).header("x-client-id", "c1")).await;
+        assert_clean_error(&reply, status);
+    }
+    assert_nothing_written(&app).await;
+}
+
 #[tokio::test]
 async fn unknown_routes_answer_json_404() {
     let app = TestApp::spawn().await;

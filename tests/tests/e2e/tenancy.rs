@@ -807,3 +807,52 @@ async fn an_older_visibility_change_synced_late_loses() {
     app.wait_projected().await;
     assert_eq!(pull_ids(&app, "B", &[]).await.len(), 4);
 }
+
+/// A membership event the projector parks (here a NUL in its metadata) grants nothing on
+/// the gateways either: their views decode as the projector does.
+#[tokio::test]
+async fn a_membership_event_the_projector_parks_grants_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_space(FAM, "A", &[]).await;
+    push_ok(&app, "A", json!([insert("a-shared", Some(FAM), json!({}))])).await;
+    let event = json!({
+        "eventId": uuid::Uuid::new_v4(),
+        "schemaVersion": 1,
+        "occurredAt": "2026-11-22T10:00:00Z",
+        "type": "MemberAdded",
+        "payload": {"spaceId": FAM, "userId": "B", "role": "member"},
+        "metadata": {"userId": "service:family-app", "clientId": "family\u{0}app", "receivedAt": "2026-11-22T10:00:00Z"},
+    });
+    let js = app.nats.jetstream().await;
+    js.publish(
+        schemas::subject::membership_subject(FAM),
+        serde_json::to_vec(&event).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    app.wait_projected().await;
+    assert_eq!(app.db.count("dead_letters").await, 1);
+    // C added after it: once the view lets C in, it has taken in the parked event too.
+    let added = app
+        .internal(
+            Method::POST,
+            &format!("/internal/spaces/{FAM}/members"),
+            Some(json!({"userId": "C", "role": "member"})),
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.body);
+    eventually(Duration::from_secs(10), || async {
+        app.pull_on(&app.gateway.base, "C", "notes", &[("spaceId", FAM)])
+            .await
+            .status
+            == StatusCode::OK
+    })
+    .await;
+    let reply = app
+        .pull_on(&app.gateway.base, "B", "notes", &[("spaceId", FAM)])
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+    assert!(pull_ids(&app, "B", &[]).await.is_empty());
+}
