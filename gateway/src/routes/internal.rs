@@ -103,7 +103,14 @@ async fn create_space(
     }
     let space_id = req.space_id.unwrap_or_else(|| Uuid::new_v4().to_string());
     id("spaceId", &space_id)?;
-    id("ownerId", &req.owner_id)?;
+    // Personal spaces' ids are v5 UUIDs of their users: a shared space under such an id
+    // would be read as someone's personal space.
+    if Uuid::parse_str(&space_id).is_ok_and(|u| u.get_version_num() == 5) {
+        return Err(ApiError::bad_request(
+            "`spaceId` may not be a version 5 UUID (the form of personal spaces' ids)",
+        ));
+    }
+    user_id("ownerId", &req.owner_id)?;
     if req.name.trim().is_empty() || req.name.len() > 256 || req.name.contains('\0') {
         return Err(ApiError::bad_request(
             "`name` must be 1 to 256 bytes of text",
@@ -170,7 +177,7 @@ async fn add_member(
     body: Result<Json<AddMember>, JsonRejection>,
 ) -> Result<Json<Applied>, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    id("userId", &req.user_id)?;
+    user_id("userId", &req.user_id)?;
     let role = role(&req.role)?;
     {
         let view = view(&state).await?;
@@ -255,7 +262,7 @@ async fn user_memberships(
     state: &AppState,
     user_id: &str,
 ) -> Result<Vec<(String, Option<SpaceType>, Role)>, ApiError> {
-    id("userId", user_id)?;
+    self::user_id("userId", user_id)?;
     let access = state.access(user_id).await?;
     let view = state.memberships().now();
     let personal = personal_space_id(user_id);
@@ -378,6 +385,19 @@ async fn view(state: &AppState) -> Result<RwLockReadGuard<'_, Memberships>, ApiE
 
 fn id(what: &str, raw: &str) -> Result<(), ApiError> {
     ingest::validate_id(what, raw).map_err(ApiError::bad_request)
+}
+
+/// A user id as tokens carry it (`sub`): any text but control characters, at most
+/// [`ingest::validate::MAX_ID_BYTES`]. User ids never go into a subject unescaped, so
+/// `.` and the like (e-mail-shaped ids) are fine.
+fn user_id(what: &str, raw: &str) -> Result<(), ApiError> {
+    let max = ingest::validate::MAX_ID_BYTES;
+    if raw.trim().is_empty() || raw.len() > max || raw.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "`{what}` must be 1 to {max} bytes of text without control characters"
+        )));
+    }
+    Ok(())
 }
 
 fn role(raw: &str) -> Result<Role, ApiError> {

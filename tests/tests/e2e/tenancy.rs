@@ -856,3 +856,43 @@ async fn a_membership_event_the_projector_parks_grants_nothing() {
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
     assert!(pull_ids(&app, "B", &[]).await.is_empty());
 }
+
+/// The internal API takes user ids as tokens carry them (an e-mail-shaped one with dots
+/// included), and refuses a shared space whose id has the form of a personal space's.
+#[tokio::test]
+async fn the_internal_api_takes_any_user_id_and_no_personal_space_ids() {
+    let app = TestApp::spawn().await;
+    let dotted = "d.user@example.org";
+    app.create_space(FAM, "A", &[(dotted, "member")]).await;
+    let listed = app
+        .internal(
+            Method::GET,
+            &format!("/internal/users/{dotted}/memberships"),
+            None,
+        )
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    assert!(listed.body.to_string().contains(FAM), "{}", listed.body);
+    let pushed = app
+        .push_as(
+            &app.gateway.base,
+            dotted,
+            "laptop",
+            "notes",
+            &changes(json!([insert("from-d", Some(FAM), json!({}))])),
+        )
+        .await;
+    assert_eq!(pushed.status, StatusCode::OK, "{}", pushed.body);
+    assert_eq!(pull_ids(&app, "A", &[]).await, ["from-d"]);
+
+    let personal = schemas::space::personal_space_id("victim");
+    let refused = app
+        .internal(
+            Method::POST,
+            "/internal/spaces",
+            Some(json!({"spaceId": personal, "type": "family", "name": "Trap", "ownerId": "A"})),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    assert_eq!(refused.body["error"], "bad_request");
+}
