@@ -456,30 +456,30 @@ async fn load_existing(
     .await?;
     for r in found {
         // `WITH ORDINALITY` counts from 1.
-        let Some((_, row)) = usize::try_from(r.get::<i64, _>(0) - 1)
+        let Some((_, row)) = usize::try_from(r.try_get::<i64, _>(0)? - 1)
             .ok()
             .and_then(|i| rows.get_mut(i))
         else {
             continue;
         };
-        let data: Value = r.get(1);
-        let field_at: Value = r.get(2);
+        let data: Value = r.try_get(1)?;
+        let field_at: Value = r.try_get(2)?;
         let mut state = RecordState {
             data: into_map(data),
             field_at: into_map(field_at)
                 .into_iter()
                 .filter_map(|(k, v)| v.as_str().and_then(time::parse_instant).map(|t| (k, t)))
                 .collect::<BTreeMap<_, _>>(),
-            exists_at: r.get(3),
-            deleted_at: r.get(4),
+            exists_at: r.try_get(3)?,
+            deleted_at: r.try_get(4)?,
         };
         state.restore_field_times();
         *row = Pending {
             existed: true,
             state,
-            author: r.get(5),
-            created_seq: r.get(6),
-            updated_seq: r.get(7),
+            author: r.try_get(5)?,
+            created_seq: r.try_get(6)?,
+            updated_seq: r.try_get(7)?,
         };
     }
     Ok(())

@@ -27,6 +27,18 @@ async fn retried_push_does_not_duplicate_events() {
     assert_eq!(app.stream_messages().await, 6);
 }
 
+/// The log's first record change published again under a fresh message id: a resend as
+/// it looks once JetStream's duplicate window has forgotten the original.
+async fn republish_first_change(app: &TestApp) {
+    let js = app.nats.jetstream().await;
+    let original = app.change_message(1).await;
+    js.publish(original.subject.clone(), original.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_resend_after_the_duplicate_window_is_applied_once() {
     let app = TestApp::spawn().await;
@@ -38,15 +50,7 @@ async fn a_resend_after_the_duplicate_window_is_applied_once() {
     );
     app.wait_projected().await;
 
-    // Re-publish the very event under a fresh message id, as a resend would look once
-    // JetStream has forgotten the original id.
-    let js = app.nats.jetstream().await;
-    let original = app.change_message(1).await;
-    js.publish(original.subject.clone(), original.payload.clone())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    republish_first_change(&app).await;
     assert_eq!(app.stream_messages().await, 2);
     app.wait_projected().await;
 
@@ -74,14 +78,7 @@ async fn a_late_resend_of_a_visibility_change_sets_nothing() {
     let visibility = "SELECT visibility FROM record_visibility WHERE record_id = 'n1'";
     assert_eq!(app.db.strings(visibility).await, ["space"]);
 
-    // The insert again, under a fresh message id: JetStream no longer knows it.
-    let js = app.nats.jetstream().await;
-    let original = app.change_message(1).await;
-    js.publish(original.subject.clone(), original.payload.clone())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    republish_first_change(&app).await;
     app.wait_projected().await;
     assert_eq!(app.db.count("change_log").await, 2);
     assert_eq!(app.db.strings(visibility).await, ["space"]);

@@ -621,18 +621,16 @@ async fn membership_api_and_compatibility_endpoint() {
     assert_eq!(gone.status, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
-async fn a_trusted_service_publishing_to_nats_has_the_same_effect() {
-    let app = TestApp::spawn().await;
-    app.create_space(FAM, "A", &[]).await;
-    push_ok(&app, "A", json!([insert("a-shared", Some(FAM), json!({}))])).await;
+/// A trusted service's `MemberAdded` of B to the family space, published straight to
+/// NATS with `client_id` in its metadata.
+async fn service_adds_b(app: &TestApp, client_id: &str) {
     let event = json!({
         "eventId": uuid::Uuid::new_v4(),
         "schemaVersion": 1,
         "occurredAt": "2026-11-22T10:00:00Z",
         "type": "MemberAdded",
         "payload": {"spaceId": FAM, "userId": "B", "role": "member"},
-        "metadata": {"userId": "service:family-app", "clientId": "family-app", "receivedAt": "2026-11-22T10:00:00Z"},
+        "metadata": {"userId": "service:family-app", "clientId": client_id, "receivedAt": "2026-11-22T10:00:00Z"},
     });
     let js = app.nats.jetstream().await;
     js.publish(
@@ -643,6 +641,14 @@ async fn a_trusted_service_publishing_to_nats_has_the_same_effect() {
     .unwrap()
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_trusted_service_publishing_to_nats_has_the_same_effect() {
+    let app = TestApp::spawn().await;
+    app.create_space(FAM, "A", &[]).await;
+    push_ok(&app, "A", json!([insert("a-shared", Some(FAM), json!({}))])).await;
+    service_adds_b(&app, "family-app").await;
     eventually(Duration::from_secs(10), || async {
         app.pull_on(&app.gateway.base, "B", "notes", &[("spaceId", FAM)])
             .await
@@ -815,23 +821,7 @@ async fn a_membership_event_the_projector_parks_grants_nothing() {
     let app = TestApp::spawn().await;
     app.create_space(FAM, "A", &[]).await;
     push_ok(&app, "A", json!([insert("a-shared", Some(FAM), json!({}))])).await;
-    let event = json!({
-        "eventId": uuid::Uuid::new_v4(),
-        "schemaVersion": 1,
-        "occurredAt": "2026-11-22T10:00:00Z",
-        "type": "MemberAdded",
-        "payload": {"spaceId": FAM, "userId": "B", "role": "member"},
-        "metadata": {"userId": "service:family-app", "clientId": "family\u{0}app", "receivedAt": "2026-11-22T10:00:00Z"},
-    });
-    let js = app.nats.jetstream().await;
-    js.publish(
-        schemas::subject::membership_subject(FAM),
-        serde_json::to_vec(&event).unwrap().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    service_adds_b(&app, "family\u{0}app").await;
     app.wait_projected().await;
     assert_eq!(app.db.count("dead_letters").await, 1);
     // C added after it: once the view lets C in, it has taken in the parked event too.
