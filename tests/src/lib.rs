@@ -422,12 +422,25 @@ impl TestApp {
         send(req).await
     }
 
-    /// Waits until the log tail of the gateway at `base` follows the log (it answers
-    /// push responses only then; before, they are read from PostgreSQL).
+    /// Waits until the log tail and the membership view of the gateway at `base` follow
+    /// the log (push responses come from the tail, and access from the view, only then;
+    /// before, both are read from PostgreSQL, which needs the projector).
     pub async fn wait_tail_live(&self, base: &str) {
         let http = &self.http;
         eventually(Duration::from_secs(20), || async move {
-            send(http.get(format!("{base}/health"))).await.body["tail"]["live"] == true
+            let tail = send(http.get(format!("{base}/health"))).await.body["tail"]["live"] == true;
+            let metrics = async {
+                http.get(format!("{base}/metrics"))
+                    .send()
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()
+            };
+            tail && metrics
+                .await
+                .is_some_and(|m| m.lines().any(|l| l == "sync_membership_view_live 1"))
         })
         .await;
     }

@@ -130,6 +130,8 @@ fn incoming(msg: &async_nats::jetstream::message::StreamMessage) -> projector::a
 #[tokio::test]
 async fn a_batch_that_skips_log_positions_is_not_applied() {
     let mut app = TestApp::spawn().await;
+    // Push answers come from the tail while the projector is stopped.
+    app.wait_tail_live(&app.gateway.base).await;
     app.stop_projector().await;
     for id in ["a", "b", "c"] {
         let one = changes(json!([{"table": "items", "id": id, "op": "insert", "data": {}}]));
@@ -179,6 +181,8 @@ async fn a_batch_that_skips_log_positions_is_not_applied() {
 #[tokio::test]
 async fn positions_removed_from_the_log_are_stepped_over() {
     let mut app = TestApp::spawn().await;
+    // Push answers come from the tail while the projector is stopped.
+    app.wait_tail_live(&app.gateway.base).await;
     app.stop_projector().await;
     for id in ["a", "b", "c", "d"] {
         let one = changes(json!([{"table": "items", "id": id, "op": "insert", "data": {}}]));

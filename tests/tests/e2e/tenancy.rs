@@ -733,6 +733,8 @@ async fn only_the_author_sets_visibility_however_far_the_records_stage_is() {
     let mut app = TestApp::spawn().await;
     app.create_space(FAM, "A", &[("B", "member")]).await;
     app.wait_projected().await;
+    // Push answers come from the tail while the projector is stopped.
+    app.wait_tail_live(&app.gateway.base).await;
     app.stop_projector().await;
     push_ok(&app, "A", json!([insert("shared", Some(FAM), json!({}))])).await;
     push_ok(
