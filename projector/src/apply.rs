@@ -527,7 +527,9 @@ fn record_change<'a>(
 /// stage stands: `records` for the records it has merged (up to its checkpoint), else
 /// the first change after that checkpoint (this batch's rows included). So a rebuild,
 /// whose log stage runs far ahead of its records stage, decides as the live projector
-/// did. A record that never left the default needs no row.
+/// did. Every visibility the author sets is kept with its instant (last-write-wins),
+/// the default included, so an older change that syncs late loses to it; a record
+/// whose visibility was never set has no row.
 async fn apply_visibility(
     tx: &mut Transaction<'_, Postgres>,
     name: &str,
