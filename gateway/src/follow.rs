@@ -55,6 +55,11 @@ impl Following {
         &self.live
     }
 
+    /// Every message up to here has been seen.
+    pub(crate) fn position(&self) -> u64 {
+        *self.position.borrow()
+    }
+
     pub(crate) fn reached(&self, seq: u64) {
         self.position.send_replace(seq);
     }

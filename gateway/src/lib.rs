@@ -207,9 +207,30 @@ impl AppState {
         tail.page(&query(after), target)
     }
 
-    /// A page of what the caller may see, read as the caller: the query names only
-    /// `spaces` (which the caller may read), and PostgreSQL's row-level security holds
-    /// it to the caller's spaces and private records again.
+    /// What a read as `user_id` up to `upto` (a position the projector has reached) may
+    /// see, and the position it goes up to.
+    ///
+    /// Never past the checkpoint as PostgreSQL holds it now, whatever was heard before:
+    /// the projector commits without waiting for the disk, so a crash of PostgreSQL can
+    /// take back its last commits (and their rows), which it then applies again. A page
+    /// up to the position heard before would skip them.
+    ///
+    /// Membership as of that checkpoint at least: a removal logged before the read
+    /// arrived is in force for it, even when this gateway's membership view has not
+    /// heard of it yet (PostgreSQL's projection then answers).
+    pub(crate) async fn reader(&self, user_id: &str, upto: u64) -> Result<(Access, u64), ApiError> {
+        let at = self.progress().read_positions().await?;
+        let access = self
+            .memberships()
+            .access_as_of(user_id, at.members_seq)
+            .await?;
+        Ok((access, upto.min(at.checkpoint)))
+    }
+
+    /// A page of what the caller may see, read as the caller, up to `upto` (from
+    /// [`Self::reader`], with `access`): the query names only `spaces` (which the caller
+    /// may read), and PostgreSQL's row-level security holds it to the caller's spaces
+    /// and private records again.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn read_page(
         &self,
@@ -222,11 +243,6 @@ impl AppState {
         exclude: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<store::PageResponse, ApiError> {
-        // Never past the checkpoint as PostgreSQL holds it now, whatever was heard
-        // before: the projector commits without waiting for the disk, so a crash of
-        // PostgreSQL can take back its last commits (and their rows), which it then
-        // applies again. A page up to the position heard before would skip them.
-        let upto = upto.min(self.progress().read().await?);
         let mut tx = store::begin_as(&self.0.pool, access).await?;
         let mut query = store::ChangeQuery {
             app_id,

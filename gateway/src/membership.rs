@@ -71,6 +71,23 @@ impl MembershipView {
         if self.is_live() {
             return Ok(self.read().access(user_id));
         }
+        self.access_from_postgres(user_id).await
+    }
+
+    /// What `user_id` may read and write, with every membership event up to
+    /// `members_seq` in force: from the view once it has applied them, else from
+    /// PostgreSQL's projection (which the caller knows holds them). The view is
+    /// milliseconds behind the log at most while it follows, but a request may arrive
+    /// within those milliseconds (on another gateway than the one that logged a
+    /// removal), and longer while its consumer is recreated.
+    pub async fn access_as_of(&self, user_id: &str, members_seq: u64) -> Result<Access, ApiError> {
+        if self.is_live() && self.0.following.position() >= members_seq {
+            return Ok(self.read().access(user_id));
+        }
+        self.access_from_postgres(user_id).await
+    }
+
+    async fn access_from_postgres(&self, user_id: &str) -> Result<Access, ApiError> {
         let rows = sqlx::query("SELECT space_id, role FROM space_members WHERE user_id = $1")
             .bind(user_id)
             .fetch_all(&self.0.pool)

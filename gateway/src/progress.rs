@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use projector::apply::read_checkpoint;
+use projector::apply::{Positions, read_checkpoint, read_positions};
 use schemas::projection::CHECKPOINT_CHANNEL;
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::watch;
@@ -32,6 +32,12 @@ impl Progress {
     /// Reads the checkpoint from the database (authoritative, one round trip).
     pub async fn read(&self) -> Result<u64, sqlx::Error> {
         read_checkpoint(&self.pool, &self.name).await
+    }
+
+    /// Reads the checkpoint and the position of the last membership event applied up to
+    /// it, as one committed row holds them.
+    pub async fn read_positions(&self) -> Result<Positions, sqlx::Error> {
+        read_positions(&self.pool, &self.name).await
     }
 
     /// The records stage's checkpoint (record state follows the change log).

@@ -12,7 +12,8 @@
 //! - it holds the changes the projector puts in the change log: the same decoding (a
 //!   message the projector parks is skipped), and a repeated event id within the
 //!   window is skipped as the change log's unique index skips it;
-//! - it filters as the read path does: the caller's readable spaces, the app, the
+//! - it filters as the read path does: the caller's readable spaces (of those, only
+//!   the ones the caller is still a member of as of the tail's end), the app, the
 //!   table, the caller's own client left out;
 //! - it declines (the caller reads PostgreSQL instead) when the cursor is older than
 //!   the window, is a legacy timestamp, when the tail is not following the log, or when
@@ -375,7 +376,17 @@ impl Window {
             return None;
         }
         let upto = self.end;
-        if q.after >= upto || q.spaces.is_empty() {
+        // Only spaces the caller is a member of as of `end`, which is at or past the
+        // position the read asked for: a removal logged before it is in force, whatever
+        // the membership view the caller's spaces came from had heard.
+        let personal = personal_space_id(q.caller);
+        let spaces: HashSet<String> = q
+            .spaces
+            .iter()
+            .filter(|s| **s == personal || self.members.role(s, q.caller).is_some())
+            .map(|s| escape_token(s))
+            .collect();
+        if q.after >= upto || spaces.is_empty() {
             return Some(TailPage {
                 entries: Vec::new(),
                 synced_until: Cursor(q.after.max(upto)),
@@ -383,7 +394,6 @@ impl Window {
             });
         }
         // Subject tokens are escaped injectively: comparing them compares the ids.
-        let spaces: HashSet<String> = q.spaces.iter().map(|s| escape_token(s)).collect();
         let app = escape_token(q.app_id);
         let table = q.table.map(escape_token);
         let lists = spaces.iter().filter_map(|s| self.by_space.get(s));
@@ -832,8 +842,20 @@ mod tests {
     }
 
     /// Changes at 11..=20 alternating between spaces `a` and `b`, by users `u1`/`u2`.
+    /// An empty window ending at `at` in which users `u1` and `u2` are members of
+    /// spaces `a` to `d`.
+    fn member_window(at: u64) -> Window {
+        let mut w = Window::empty(at);
+        for space in ["a", "b", "c", "d"] {
+            for user in ["u1", "u2"] {
+                w.members.load_member(space, user, schemas::Role::Member);
+            }
+        }
+        w
+    }
+
     fn window() -> Window {
-        let mut w = Window::empty(10);
+        let mut w = member_window(10);
         for seq in 11..=20 {
             let (space, user) = if seq % 2 == 0 {
                 ("a", "u1")
@@ -888,7 +910,7 @@ mod tests {
 
     #[test]
     fn reads_merge_the_callers_spaces_in_log_order_and_eviction_keeps_them_in_step() {
-        let mut w = Window::empty(0);
+        let mut w = member_window(0);
         for seq in 1..=40u64 {
             // Space `b` only at first, then `a`, `c` and `d` unevenly interleaved.
             let space = if seq <= 5 {
@@ -950,7 +972,7 @@ mod tests {
 
     #[test]
     fn the_window_knows_the_ids_of_its_events_until_they_are_evicted() {
-        let mut w = Window::empty(0);
+        let mut w = member_window(0);
         let change = entry(1, "a", "u1", "tasks");
         let change_id = change.event_id;
         w.push(change, None);
@@ -974,7 +996,7 @@ mod tests {
 
     #[test]
     fn repeated_event_ids_are_kept_once() {
-        let mut w = Window::empty(0);
+        let mut w = member_window(0);
         let first = entry(1, "a", "u1", "tasks");
         let mut again = entry(2, "a", "u1", "tasks");
         again.event_id = first.event_id;
@@ -1039,7 +1061,7 @@ mod tests {
     #[test]
     fn a_change_its_author_may_no_longer_write_is_left_out_as_the_projector_parks_it() {
         use schemas::membership::{MemberAdded, MemberRemoved, SpaceCreated};
-        let mut w = Window::empty(0);
+        let mut w = member_window(0);
         let follow = |w: &mut Window, seq: u64, (subject, payload): (String, bytes::Bytes)| {
             w.follow(seq, Arrival::read(seq, &subject, &payload));
         };
@@ -1098,10 +1120,16 @@ mod tests {
         );
         assert_eq!(w.end, 7);
 
-        let spaces = vec!["fam".to_owned(), personal];
+        w.members.load_member("fam", "a", schemas::Role::Member);
+        let fam = vec!["fam".to_owned()];
         assert_eq!(
-            seqs(&w.page(&query(&spaces, 0, "a")).expect("in the window")),
-            [1, 4, 7]
+            seqs(&w.page(&query(&fam, 0, "a")).expect("in the window")),
+            [1, 7]
+        );
+        let own = vec![personal];
+        assert_eq!(
+            seqs(&w.page(&query(&own, 0, "b")).expect("in the window")),
+            [4]
         );
         // The parked changes are in the log all the same: a resend of one is a duplicate.
         let ids = [3, 5, 7].map(Uuid::from_u128);
@@ -1156,7 +1184,7 @@ mod tests {
 
     #[test]
     fn the_callers_own_changes_are_left_out_without_decoding_them() {
-        let mut w = Window::empty(0);
+        let mut w = member_window(0);
         let (subject, payload) = published(8, serde_json::json!({}));
         let (entry, _) = Entry::read(1, &subject, &payload).expect("kept");
         w.push(entry, None);
@@ -1173,7 +1201,7 @@ mod tests {
 
     #[test]
     fn an_event_id_first_seen_on_a_parked_message_is_kept_on_the_next() {
-        let mut w = Window::empty(0);
+        let mut w = member_window(0);
         let (subject, payload) = published(7, serde_json::json!({}));
         let broken = bytes::Bytes::from(format!(
             r#"{{"eventId":"{}","type":"nope"}}"#,
@@ -1267,5 +1295,35 @@ mod tests {
         w.push(other, Some(PRIVATE));
         w.end = 22;
         assert!(w.page(&query(&a, 10, "u1")).is_none());
+    }
+
+    #[test]
+    fn a_space_the_caller_was_removed_from_as_of_the_window_is_not_read() {
+        let mut w = window();
+        let both = vec!["a".to_owned(), "b".to_owned()];
+        // The caller's spaces came from a membership view that has not heard of the
+        // removal the window holds.
+        w.members.apply(MembershipEvent::MemberRemoved(
+            &schemas::membership::MemberRemoved {
+                space_id: "b".into(),
+                user_id: "u1".into(),
+            },
+        ));
+        let page = w.page(&query(&both, 10, "u1")).expect("in the window");
+        assert_eq!(seqs(&page), [12, 14, 16, 18, 20], "nothing of space b");
+        assert_eq!(page.synced_until, Cursor(20));
+        let b = vec!["b".to_owned()];
+        let page = w.page(&query(&b, 10, "u1")).expect("in the window");
+        assert!(page.entries.is_empty());
+        assert_eq!(page.synced_until, Cursor(20));
+        // Their personal space needs no membership.
+        let personal = personal_space_id("u1");
+        w.push(entry(21, &personal, "u1", "tasks"), None);
+        w.end = 21;
+        let own = vec![personal];
+        assert_eq!(
+            seqs(&w.page(&query(&own, 10, "u1")).expect("in the window")),
+            [21]
+        );
     }
 }

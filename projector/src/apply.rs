@@ -83,6 +83,33 @@ pub async fn checkpoint(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
     read_checkpoint(pool, name).await
 }
 
+/// The checkpoint of `name` and the position of the last membership event applied up
+/// to it (0 and 0 when it has none yet); read-only.
+pub async fn read_positions<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    name: &str,
+) -> Result<Positions, sqlx::Error> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT last_seq, members_seq FROM projector_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(db)
+            .await?;
+    let (checkpoint, members_seq) = row.unwrap_or((0, 0));
+    Ok(Positions {
+        checkpoint: checkpoint as u64,
+        members_seq: members_seq as u64,
+    })
+}
+
+/// Where the log stage stands, as one committed row holds it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Positions {
+    /// Every message up to here is applied.
+    pub checkpoint: u64,
+    /// The last membership event applied (at or before `checkpoint`).
+    pub members_seq: u64,
+}
+
 /// The checkpoint of `name` (0 when it has none yet); read-only.
 pub async fn read_checkpoint<'e>(
     db: impl sqlx::PgExecutor<'e>,
@@ -164,26 +191,29 @@ pub async fn advance_checkpoint(pool: &PgPool, name: &str, seq: u64) -> Result<u
     if last as u64 >= seq {
         return Ok(last as u64);
     }
-    set_checkpoint(&mut tx, name, seq).await?;
+    set_checkpoint(&mut tx, name, seq, None).await?;
     tx.commit().await?;
     Ok(seq)
 }
 
-/// Sets the checkpoint and announces it, in one round trip; NOTIFY is delivered at
-/// commit.
+/// Sets the checkpoint (and, when the batch applied membership events, the position of
+/// the last one) and announces it, in one round trip; NOTIFY is delivered at commit.
 async fn set_checkpoint(
     conn: &mut sqlx::PgConnection,
     name: &str,
     seq: u64,
+    members_seq: Option<u64>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "WITH cp AS (UPDATE projector_checkpoints SET last_seq = $2, updated_at = now() \
+        "WITH cp AS (UPDATE projector_checkpoints SET last_seq = $2, updated_at = now(), \
+                            members_seq = COALESCE($4, members_seq) \
                      WHERE name = $1 RETURNING name, last_seq) \
          SELECT pg_notify($3, cp.name || ':' || cp.last_seq) FROM cp",
     )
     .bind(name)
     .bind(seq as i64)
     .bind(CHECKPOINT_CHANNEL)
+    .bind(members_seq.map(|s| s as i64))
     .execute(conn)
     .await?;
     Ok(())
@@ -285,14 +315,16 @@ async fn apply(
         .collect();
     // A change whose event the change log holds already (a late resend) sets nothing.
     apply_visibility(&mut tx, name, &records, &inserted).await?;
+    let mut members_seq = None;
     for (msg, env) in &memberships {
         if let Some(event) = env.event.membership() {
             apply_membership(&mut tx, msg.seq, &env.metadata.user_id, event).await?;
+            members_seq = Some(msg.seq);
         }
     }
     park_all(&mut tx, &poison).await?;
 
-    set_checkpoint(&mut tx, name, top).await?;
+    set_checkpoint(&mut tx, name, top, members_seq).await?;
     tx.commit().await?;
     let applied = Applied {
         checkpoint: top,

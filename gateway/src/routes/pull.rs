@@ -36,9 +36,9 @@ pub async fn pull(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let client_id = routes::client_id_header(&headers)?;
     let upto = state.read_position().await?;
-    // Membership as of now, after the wait: a removal that happened while this request
-    // waited for the projector is in effect for it.
-    let access = state.access(&user.user_id).await?;
+    // Membership after the wait, as of the projector's checkpoint at least: a removal
+    // logged before this request arrived, or while it waited, is in force for it.
+    let (access, upto) = state.reader(&user.user_id, upto).await?;
     let spaces = match &params.space_id {
         None => access.readable_spaces(),
         Some(raw) => vec![readable_space(&access, raw)?],

@@ -112,6 +112,8 @@ pub async fn push(
         return Ok(Json(page).into_response());
     }
     let upto = state.wait_for_position(arrived_at).await?;
+    let (access, upto) = state.reader(&user.user_id, upto).await?;
+    let spaces = access.readable_spaces();
     let response = state
         .read_page(&access, &spaces, app, None, since, upto, exclude, PAGE_SIZE)
         .await?;
