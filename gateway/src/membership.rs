@@ -66,6 +66,11 @@ impl MembershipView {
         self.0.following.is_live()
     }
 
+    /// How far the view has applied the log.
+    pub fn position(&self) -> u64 {
+        self.0.following.position()
+    }
+
     /// What `user_id` may read and write at this moment.
     pub async fn access(&self, user_id: &str) -> Result<Access, ApiError> {
         if self.is_live() {

@@ -9,7 +9,7 @@ use std::sync::RwLockReadGuard;
 use axum::{
     Json, Router,
     extract::{Path, State, rejection::JsonRejection},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     routing::{get, post},
 };
 use chrono::{DateTime, Utc};
@@ -84,9 +84,14 @@ struct Applied {
     cursor: String,
 }
 
+/// The header naming a creation, so that a retried call without a `spaceId` (after a
+/// `503` or a lost answer) creates the space once.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 async fn create_space(
     State(state): State<AppState>,
     _: Service,
+    headers: HeaderMap,
     body: Result<Json<CreateSpace>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -101,7 +106,11 @@ async fn create_space(
             "personal spaces are created by the server on first use",
         ));
     }
-    let space_id = req.space_id.unwrap_or_else(|| Uuid::new_v4().to_string());
+    let space_id = match (req.space_id, idempotency_key(&headers)?) {
+        (Some(space_id), _) => space_id,
+        (None, Some(key)) => space_id_for_key(key),
+        (None, None) => Uuid::new_v4().to_string(),
+    };
     id("spaceId", &space_id)?;
     // Personal spaces' ids are v5 UUIDs of their users: a shared space under such an id
     // would be read as someone's personal space.
@@ -116,23 +125,67 @@ async fn create_space(
             "`name` must be 1 to 256 bytes of text",
         ));
     }
-    if view(&state).await?.space(&space_id).is_some() {
-        return Err(ApiError::conflict(format!(
-            "space {space_id:?} already exists"
-        )));
-    }
-    let events = space_creation_events(&space_id, space_type, &req.name, &req.owner_id, Utc::now());
-    let applied = publish(&state, &space_id, events).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
+    let answer = |status, cursor: String| {
+        let body = json!({
             "spaceId": space_id,
             "type": space_type,
             "name": req.name,
             "ownerId": req.owner_id,
-            "cursor": applied.cursor,
-        })),
-    ))
+            "cursor": cursor,
+        });
+        Ok((status, Json(body)))
+    };
+    {
+        let view = view(&state).await?;
+        if let Some(space) = view.space(&space_id) {
+            // The same creation again (a retry): done already, as of the view's position.
+            let same = !space.deleted
+                && space.space_type == space_type
+                && space.name == req.name
+                && view.role(&space_id, &req.owner_id) == Some(Role::Owner);
+            if same {
+                return answer(StatusCode::OK, applied_as_of_view(&state));
+            }
+            return Err(ApiError::conflict(format!(
+                "space {space_id:?} already exists{}",
+                if space.deleted {
+                    " (deleted)"
+                } else {
+                    " with another type, name or owner"
+                }
+            )));
+        }
+    }
+    let events = space_creation_events(&space_id, space_type, &req.name, &req.owner_id, Utc::now());
+    let applied = publish(&state, &space_id, events).await?;
+    answer(StatusCode::CREATED, applied.cursor)
+}
+
+/// The `Idempotency-Key` header, if sent: 1 to 256 bytes of visible ASCII.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(raw) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bad =
+        || ApiError::bad_request("`Idempotency-Key` must be 1 to 256 visible ASCII characters");
+    let key = raw.to_str().map_err(|_| bad())?;
+    if key.is_empty() || key.len() > 256 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(key))
+}
+
+/// The space id a creation under idempotency key `key` gets: the same for every retry,
+/// a version 8 UUID (never the form of a personal space's id).
+fn space_id_for_key(key: &str) -> String {
+    let hashed = Uuid::new_v5(&MEMBERSHIP_NAMESPACE, format!("space-key:{key}").as_bytes());
+    Uuid::new_v8(*hashed.as_bytes()).to_string()
+}
+
+/// The cursor of a call that changed nothing (its effect was in force already): the
+/// position this gateway's view has applied the log to.
+fn applied_as_of_view(state: &AppState) -> String {
+    Cursor(state.memberships().position()).encode()
 }
 
 async fn get_space(
@@ -182,12 +235,22 @@ async fn add_member(
     {
         let view = view(&state).await?;
         shared_space(&view, &space_id)?;
-        if let Some(current) = view.role(&space_id, &req.user_id) {
-            return Err(ApiError::conflict(format!(
-                "{:?} is already a member ({}); change the role instead",
-                req.user_id,
-                current.as_str()
-            )));
+        match view.role(&space_id, &req.user_id) {
+            // The same addition again (a retry): done already.
+            Some(current) if current == role => {
+                return Ok(Json(Applied {
+                    space_id,
+                    cursor: applied_as_of_view(&state),
+                }));
+            }
+            Some(current) => {
+                return Err(ApiError::conflict(format!(
+                    "{:?} is already a member ({}); change the role instead",
+                    req.user_id,
+                    current.as_str()
+                )));
+            }
+            None => {}
         }
     }
     let event = Event::MemberAdded(MemberAdded {

@@ -979,3 +979,107 @@ async fn a_removal_the_membership_view_has_not_heard_of_yet_is_in_force_for_read
     // A, still a member, reads the space as before.
     assert_eq!(pull_ids(&app, "A", &[("spaceId", FAM)]).await, ["a-shared"]);
 }
+
+/// A call of the internal API retried (after a `503`, whose event was logged, or a lost
+/// answer) takes effect once: the same creation or addition again is answered `200`
+/// and logs nothing; a creation without a `spaceId` names itself by its
+/// `Idempotency-Key`. The same id or member with other details is still a `409`.
+#[tokio::test]
+async fn internal_api_calls_retried_take_effect_once() {
+    let app = TestApp::spawn().await;
+    let create = |key: Option<&'static str>, body: Value| {
+        let mut req = app
+            .http
+            .post(format!("{}/internal/spaces", app.gateway.base))
+            .bearer_auth(sync_tests::SERVICE_KEY)
+            .json(&body);
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        sync_tests::send(req)
+    };
+    let team = json!({"spaceId": "team-1", "type": "team", "name": "Team", "ownerId": "A"});
+    let first = create(None, team.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let logged = app.all_stream_messages().await;
+    let again = create(None, team.clone()).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["spaceId"], "team-1");
+    assert_eq!(
+        app.all_stream_messages().await,
+        logged,
+        "nothing logged again"
+    );
+    let renamed = json!({"spaceId": "team-1", "type": "team", "name": "Other", "ownerId": "A"});
+    assert_eq!(create(None, renamed).await.status, StatusCode::CONFLICT);
+    let other_owner = json!({"spaceId": "team-1", "type": "team", "name": "Team", "ownerId": "B"});
+    assert_eq!(create(None, other_owner).await.status, StatusCode::CONFLICT);
+
+    // Without a spaceId: one space per idempotency key, however often it is sent.
+    let club = json!({"type": "club", "name": "Club", "ownerId": "A"});
+    let first = create(Some("create-club-7"), club.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let logged = app.all_stream_messages().await;
+    let again = create(Some("create-club-7"), club.clone()).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["spaceId"], first.body["spaceId"]);
+    assert_eq!(app.all_stream_messages().await, logged);
+    let id = first.body["spaceId"].as_str().unwrap();
+    assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 8);
+    let another = create(Some("create-club-8"), club.clone()).await;
+    assert_eq!(another.status, StatusCode::CREATED, "{}", another.body);
+    assert_ne!(another.body["spaceId"], first.body["spaceId"]);
+    let unkeyed = create(None, club.clone()).await;
+    assert_eq!(unkeyed.status, StatusCode::CREATED, "{}", unkeyed.body);
+    for bad in ["", "naïve", &"k".repeat(257)] {
+        let req = app
+            .http
+            .post(format!("{}/internal/spaces", app.gateway.base))
+            .bearer_auth(sync_tests::SERVICE_KEY)
+            .header("idempotency-key", bad)
+            .json(&club);
+        let reply = sync_tests::send(req).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{bad:?}: {}",
+            reply.body
+        );
+        assert!(
+            reply.body["message"]
+                .as_str()
+                .unwrap()
+                .contains("Idempotency-Key"),
+            "{}",
+            reply.body
+        );
+    }
+    app.wait_projected().await;
+    let clubs = app
+        .db
+        .strings("SELECT space_id FROM spaces WHERE type = 'club' ORDER BY 1")
+        .await;
+    assert_eq!(clubs.len(), 3, "{clubs:?}");
+
+    // The same member added again: done; with another role: 409.
+    let add = |role: &'static str| {
+        app.internal(
+            Method::POST,
+            "/internal/spaces/team-1/members",
+            Some(json!({"userId": "C", "role": role})),
+        )
+    };
+    assert_eq!(add("viewer").await.status, StatusCode::OK);
+    let logged = app.all_stream_messages().await;
+    let again = add("viewer").await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["spaceId"], "team-1");
+    assert_eq!(app.all_stream_messages().await, logged);
+    assert_eq!(add("member").await.status, StatusCode::CONFLICT);
+    assert_eq!(
+        app.pull_on(&app.gateway.base, "C", "notes", &[("spaceId", "team-1")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
