@@ -841,7 +841,6 @@ mod tests {
         page.entries.iter().map(|e| e.seq).collect()
     }
 
-    /// Changes at 11..=20 alternating between spaces `a` and `b`, by users `u1`/`u2`.
     /// An empty window ending at `at` in which users `u1` and `u2` are members of
     /// spaces `a` to `d`.
     fn member_window(at: u64) -> Window {
@@ -854,6 +853,7 @@ mod tests {
         w
     }
 
+    /// Changes at 11..=20 alternating between spaces `a` and `b`, by users `u1`/`u2`.
     fn window() -> Window {
         let mut w = member_window(10);
         for seq in 11..=20 {

@@ -125,6 +125,15 @@ async fn create_space(
             "`name` must be 1 to 256 bytes of text",
         ));
     }
+    // The same creation again (a retry), as the view has it.
+    let same = |view: &Memberships| {
+        view.space(&space_id).is_some_and(|space| {
+            !space.deleted
+                && space.space_type == space_type
+                && space.name == req.name
+                && view.role(&space_id, &req.owner_id) == Some(Role::Owner)
+        })
+    };
     let answer = |status, cursor: String| {
         let body = json!({
             "spaceId": space_id,
@@ -138,12 +147,8 @@ async fn create_space(
     {
         let view = view(&state).await?;
         if let Some(space) = view.space(&space_id) {
-            // The same creation again (a retry): done already, as of the view's position.
-            let same = !space.deleted
-                && space.space_type == space_type
-                && space.name == req.name
-                && view.role(&space_id, &req.owner_id) == Some(Role::Owner);
-            if same {
+            if same(&view) {
+                // Done already, as of the view's position.
                 return answer(StatusCode::OK, applied_as_of_view(&state));
             }
             return Err(ApiError::conflict(format!(
@@ -158,6 +163,13 @@ async fn create_space(
     }
     let events = space_creation_events(&space_id, space_type, &req.name, &req.owner_id, Utc::now());
     let applied = publish(&state, &space_id, events).await?;
+    // A creation of the same id racing with this one, with other details, may have been
+    // logged first (ours was then dropped as its duplicate).
+    if !same(&*view(&state).await?) {
+        return Err(ApiError::conflict(format!(
+            "space {space_id:?} was created at the same time with another type, name or owner"
+        )));
+    }
     answer(StatusCode::CREATED, applied.cursor)
 }
 
@@ -364,7 +376,7 @@ fn space_creation_events(
 ) -> Vec<PreparedEvent> {
     vec![
         PreparedEvent::new(envelope(
-            once_id(space_id, "created", ""),
+            once_id(space_id, "created"),
             Event::SpaceCreated(SpaceCreated {
                 space_id: space_id.to_owned(),
                 space_type,
@@ -373,7 +385,7 @@ fn space_creation_events(
             at,
         )),
         PreparedEvent::new(envelope(
-            once_id(space_id, "owner", owner_id),
+            once_id(space_id, "owner"),
             Event::MemberAdded(MemberAdded {
                 space_id: space_id.to_owned(),
                 user_id: owner_id.to_owned(),
@@ -401,10 +413,13 @@ fn envelope(event_id: Uuid, event: Event, at: DateTime<Utc>) -> Envelope {
     }
 }
 
-fn once_id(space_id: &str, what: &str, user_id: &str) -> Uuid {
+/// The id of an event that happens once per space. The owner's `MemberAdded` does not
+/// depend on the owner either: of two creations of one space racing with different
+/// owners, JetStream keeps the first's events whole and drops the second's.
+fn once_id(space_id: &str, what: &str) -> Uuid {
     Uuid::new_v5(
         &MEMBERSHIP_NAMESPACE,
-        format!("{space_id}\0{what}\0{user_id}").as_bytes(),
+        format!("{space_id}\0{what}\0").as_bytes(),
     )
 }
 

@@ -37,7 +37,8 @@ pub async fn pull(
     let client_id = routes::client_id_header(&headers)?;
     let upto = state.read_position().await?;
     // Membership after the wait, as of the projector's checkpoint at least: a removal
-    // logged before this request arrived, or while it waited, is in force for it.
+    // logged before this request arrived is in force for it (one logged while it waited
+    // is too, once the projector or this gateway's view has applied it).
     let (access, upto) = state.reader(&user.user_id, upto).await?;
     let spaces = match &params.space_id {
         None => access.readable_spaces(),

@@ -1015,6 +1015,32 @@ async fn internal_api_calls_retried_take_effect_once() {
     let other_owner = json!({"spaceId": "team-1", "type": "team", "name": "Team", "ownerId": "B"});
     assert_eq!(create(None, other_owner).await.status, StatusCode::CONFLICT);
 
+    // Two creations of one id racing with different owners: one is made, whole.
+    let by =
+        |owner: &str| json!({"spaceId": "race-1", "type": "team", "name": "R", "ownerId": owner});
+    let (a, b) = tokio::join!(create(None, by("A")), create(None, by("B")));
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::CREATED, StatusCode::CONFLICT],
+        "{a:?} {b:?}"
+    );
+    let space = app
+        .internal(Method::GET, "/internal/spaces/race-1", None)
+        .await;
+    let winner = if a.status == StatusCode::CREATED {
+        "A"
+    } else {
+        "B"
+    };
+    assert_eq!(
+        space.body["members"],
+        json!([{"userId": winner, "role": "owner"}]),
+        "{}",
+        space.body
+    );
+
     // Without a spaceId: one space per idempotency key, however often it is sent.
     let club = json!({"type": "club", "name": "Club", "ownerId": "A"});
     let first = create(Some("create-club-7"), club.clone()).await;
