@@ -36,8 +36,18 @@ impl Progress {
 
     /// Reads the checkpoint and the position of the last membership event applied up to
     /// it, as one committed row holds them.
+    ///
+    /// A database not yet migrated to hold the membership position (a gateway upgraded
+    /// before the projector) gives the checkpoint and a position no view reaches: reads
+    /// then take memberships from PostgreSQL.
     pub async fn read_positions(&self) -> Result<Positions, sqlx::Error> {
-        read_positions(&self.pool, &self.name).await
+        match read_positions(&self.pool, &self.name).await {
+            Err(e) if is_undefined_column(&e) => Ok(Positions {
+                checkpoint: self.read().await?,
+                members_seq: u64::MAX,
+            }),
+            other => other,
+        }
     }
 
     /// The records stage's checkpoint (record state follows the change log).
@@ -109,4 +119,11 @@ async fn watch_checkpoint(pool: PgPool, name: String, tx: watch::Sender<u64>) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// PostgreSQL's `undefined_column`.
+fn is_undefined_column(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "42703")
 }

@@ -1109,3 +1109,27 @@ async fn internal_api_calls_retried_take_effect_once() {
         StatusCode::OK
     );
 }
+
+/// A gateway upgraded before the projector (its database without migration 9's column)
+/// still answers reads, taking memberships from PostgreSQL.
+#[tokio::test]
+async fn reads_work_on_a_database_without_the_membership_position() {
+    let mut app = TestApp::spawn().await;
+    app.create_space(FAM, "A", &[("B", "member")]).await;
+    push_ok(&app, "A", json!([insert("a-shared", Some(FAM), json!({}))])).await;
+    app.wait_projected().await;
+    app.stop_projector().await;
+    app.db
+        .execute("ALTER TABLE projector_checkpoints DROP COLUMN members_seq")
+        .await;
+    assert_eq!(pull_ids(&app, "B", &[("spaceId", FAM)]).await, ["a-shared"]);
+    app.db
+        .execute(&format!(
+            "DELETE FROM space_members WHERE space_id = '{FAM}' AND user_id = 'B'"
+        ))
+        .await;
+    let pull = app
+        .pull_on(&app.gateway.base, "B", "notes", &[("spaceId", FAM)])
+        .await;
+    assert_eq!(pull.status, StatusCode::FORBIDDEN, "{}", pull.body);
+}
