@@ -242,7 +242,7 @@ impl AppState {
         upto: u64,
         exclude: Option<(&str, &str)>,
         limit: usize,
-    ) -> Result<store::PageResponse, ApiError> {
+    ) -> Result<store::PageJson, ApiError> {
         let mut tx = store::begin_as(&self.0.pool, access).await?;
         let mut query = store::ChangeQuery {
             app_id,
@@ -261,12 +261,7 @@ impl AppState {
         let page = store::changes_since(&mut tx, &query).await?;
         // Read-only: dropped, not committed (its ROLLBACK rides on the next use).
         drop(tx);
-        Ok(store::PageResponse {
-            server_changes: page.changes,
-            conflicts: [],
-            synced_until: page.synced_until.encode(),
-            has_more: page.has_more,
-        })
+        Ok(store::PageJson(page.to_json()?))
     }
 }
 

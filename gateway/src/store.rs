@@ -1,6 +1,10 @@
 //! Reads of the change log for pull and push responses: "what the caller may see after
 //! cursor C, up to the projector's committed position", in log order.
 
+use axum::{
+    http::header,
+    response::{IntoResponse, Response},
+};
 use chrono::{DateTime, Utc};
 use ingest::Access;
 use std::{borrow::Cow, collections::BTreeMap};
@@ -67,49 +71,98 @@ pub struct ChangeQuery<'a> {
     pub limit: usize,
 }
 
-/// A page of changes and the cursor to resume from.
+/// A page of changes and the cursor to resume from: the rows as PostgreSQL returned
+/// them, serialized straight from their bytes ([`Page::to_json`]).
 pub struct Page {
-    pub changes: Vec<StoredChange>,
+    rows: Vec<PgRow>,
     pub synced_until: Cursor,
     pub has_more: bool,
 }
 
 /// A change as the change log holds it, serialized as the `ServerChange` clients
-/// receive. Payloads pass through as the JSON text PostgreSQL returns, never parsed
-/// into a tree; only each field's `at` is repeated as `updatedAt` for older clients.
+/// receive, borrowed from its row: payloads pass through as the JSON text PostgreSQL
+/// returns, never parsed into a tree; only each field's `at` is repeated as `updatedAt`
+/// for older clients.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StoredChange {
+struct StoredChange<'r> {
     event_id: Uuid,
-    cursor: String,
-    table: String,
-    id: String,
-    op: String,
+    cursor: Cursor,
+    table: &'r str,
+    id: &'r str,
+    op: &'r str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<Box<RawValue>>,
+    data: Option<&'r RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fields: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     deleted_at: Option<String>,
-    space_id: String,
-    author_id: String,
+    space_id: &'r str,
+    author_id: &'r str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    actor: Option<Box<RawValue>>,
+    actor: Option<&'r RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    origin: Option<Box<RawValue>>,
+    origin: Option<&'r RawValue>,
     schema_version: u32,
-    #[serde(skip)]
-    seq: u64,
+}
+
+impl StoredChange<'_> {
+    /// Bytes of payload text it carries, to size the answer's buffer.
+    fn payload_len(&self) -> usize {
+        [self.data, self.fields.as_deref(), self.actor, self.origin]
+            .iter()
+            .flatten()
+            .map(|raw| raw.get().len())
+            .sum()
+    }
 }
 
 /// A pull or push response read from PostgreSQL.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PageResponse {
-    pub server_changes: Vec<StoredChange>,
-    pub conflicts: [(); 0],
-    pub synced_until: String,
-    pub has_more: bool,
+struct PageBody<'r> {
+    server_changes: Vec<StoredChange<'r>>,
+    conflicts: [(); 0],
+    synced_until: Cursor,
+    has_more: bool,
+}
+
+/// Bytes of a change's JSON besides its payloads (names, ids, cursor), on the generous
+/// side: the answer's buffer is sized once instead of growing by copies.
+const CHANGE_OVERHEAD: usize = 320;
+
+/// A page's JSON body, sent as written.
+pub struct PageJson(pub Vec<u8>);
+
+impl IntoResponse for PageJson {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
+}
+
+impl Page {
+    /// The page as the JSON body of a pull or push response.
+    pub fn to_json(&self) -> Result<Vec<u8>, sqlx::Error> {
+        let changes = self
+            .rows
+            .iter()
+            .map(to_change)
+            .collect::<Result<Vec<_>, _>>()?;
+        let size = changes
+            .iter()
+            .map(|c| c.payload_len() + CHANGE_OVERHEAD)
+            .sum::<usize>()
+            + 128;
+        let mut body = Vec::with_capacity(size);
+        let page = PageBody {
+            server_changes: changes,
+            conflicts: [],
+            synced_until: self.synced_until,
+            has_more: self.has_more,
+        };
+        serde_json::to_writer(&mut body, &page).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        Ok(body)
+    }
 }
 
 const COLUMNS: &str = "seq, event_id, table_name, record_id, op, at, data, fields, space_id, user_id, \
@@ -149,14 +202,14 @@ pub async fn changes_since(
     if q.after >= q.upto || q.spaces.is_empty() {
         // Nothing to read: the cursor stays, or moves to the committed position.
         return Ok(Page {
-            changes: Vec::new(),
+            rows: Vec::new(),
             synced_until: Cursor(q.after.max(q.upto)),
             has_more: false,
         });
     }
     let sql = page_sql(q.table.is_some());
     let (client, user) = q.exclude.unwrap_or(("", ""));
-    let rows = sqlx::query(&sql)
+    let mut rows = sqlx::query(&sql)
         .bind(q.spaces)
         .bind(q.app_id)
         .bind(q.after as i64)
@@ -168,17 +221,13 @@ pub async fn changes_since(
         .fetch_all(conn)
         .await?;
     let has_more = rows.len() > q.limit;
-    let changes: Vec<StoredChange> = rows
-        .iter()
-        .take(q.limit)
-        .map(to_change)
-        .collect::<Result<_, _>>()?;
-    let synced_until = match changes.last() {
-        Some(last) if has_more => Cursor(last.seq),
+    rows.truncate(q.limit);
+    let synced_until = match rows.last() {
+        Some(last) if has_more => Cursor(seq_of(last)?),
         _ => Cursor(q.upto),
     };
     Ok(Page {
-        changes,
+        rows,
         synced_until,
         has_more,
     })
@@ -217,35 +266,56 @@ pub async fn position_at(
     Ok(seq.map_or(q.upto, |s| (s as u64).saturating_sub(1)))
 }
 
-fn to_change(row: &PgRow) -> Result<StoredChange, sqlx::Error> {
-    let seq = row.try_get::<i64, _>("seq")? as u64;
-    let op: String = row.try_get("op")?;
-    let at: Option<DateTime<Utc>> = row.try_get("at")?;
-    let json = |column: &str| -> Result<Option<Box<RawValue>>, sqlx::Error> {
-        let value: Option<Json<Box<RawValue>>> = row.try_get(column)?;
+// The columns of a page row, by position in [`COLUMNS`] (by name, each read would look
+// its column up in a map: 13 lookups per change).
+const SEQ: usize = 0;
+const EVENT_ID: usize = 1;
+const TABLE_NAME: usize = 2;
+const RECORD_ID: usize = 3;
+const OP: usize = 4;
+const AT: usize = 5;
+const DATA: usize = 6;
+const FIELDS: usize = 7;
+const SPACE_ID: usize = 8;
+const USER_ID: usize = 9;
+const ACTOR: usize = 10;
+const ORIGIN: usize = 11;
+const SCHEMA_VERSION: usize = 12;
+
+fn seq_of(row: &PgRow) -> Result<u64, sqlx::Error> {
+    Ok(row.try_get::<i64, _>(SEQ)? as u64)
+}
+
+fn to_change(row: &PgRow) -> Result<StoredChange<'_>, sqlx::Error> {
+    let op: &str = row.try_get(OP)?;
+    let json = |column: usize| -> Result<Option<&RawValue>, sqlx::Error> {
+        let value: Option<Json<&RawValue>> = row.try_get(column)?;
         Ok(value.map(|Json(raw)| raw).filter(|raw| raw.get() != "null"))
     };
-    let fields = json("fields")?
-        .map(|raw| with_legacy_updated_at(&raw))
+    let fields = json(FIELDS)?
+        .map(with_legacy_updated_at)
         .transpose()
         .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let deleted_at = if op == "delete" {
+        row.try_get::<Option<DateTime<Utc>>, _>(AT)?
+            .map(schemas::time::canonical)
+    } else {
+        None
+    };
     Ok(StoredChange {
-        event_id: row.try_get::<Uuid, _>("event_id")?,
-        cursor: Cursor(seq).encode(),
-        table: row.try_get("table_name")?,
-        id: row.try_get("record_id")?,
-        deleted_at: (op == "delete")
-            .then(|| at.map(schemas::time::canonical))
-            .flatten(),
+        event_id: row.try_get::<Uuid, _>(EVENT_ID)?,
+        cursor: Cursor(seq_of(row)?),
+        table: row.try_get(TABLE_NAME)?,
+        id: row.try_get(RECORD_ID)?,
+        deleted_at,
         op,
-        data: json("data")?.filter(|raw| raw.get().starts_with('{')),
+        data: json(DATA)?.filter(|raw| raw.get().starts_with('{')),
         fields,
-        space_id: row.try_get("space_id")?,
-        author_id: row.try_get("user_id")?,
-        actor: json("actor")?,
-        origin: json("origin")?,
-        schema_version: row.try_get::<i32, _>("schema_version")? as u32,
-        seq,
+        space_id: row.try_get(SPACE_ID)?,
+        author_id: row.try_get(USER_ID)?,
+        actor: json(ACTOR)?,
+        origin: json(ORIGIN)?,
+        schema_version: row.try_get::<i32, _>(SCHEMA_VERSION)? as u32,
     })
 }
 

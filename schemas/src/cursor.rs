@@ -9,6 +9,9 @@ use chrono::{DateTime, Utc};
 
 const PREFIX: char = 's';
 
+/// Bytes of an encoded cursor: the prefix and 16 hex digits.
+pub const ENCODED_LEN: usize = 17;
+
 /// A position in the log: the stream sequence of the last event seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Cursor(pub u64);
@@ -21,7 +24,18 @@ impl Cursor {
     }
 
     pub fn encode(self) -> String {
-        format!("{PREFIX}{:016x}", self.0)
+        self.as_text(&mut [0; ENCODED_LEN]).to_owned()
+    }
+
+    /// The encoded cursor, written into `buf` (no allocation: a page of 1000 changes
+    /// writes one cursor per change).
+    pub fn as_text(self, buf: &mut [u8; ENCODED_LEN]) -> &str {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        buf[0] = PREFIX as u8;
+        for (i, digit) in buf[1..].iter_mut().enumerate() {
+            *digit = HEX[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        std::str::from_utf8(buf).expect("a prefix letter and hex digits are ASCII")
     }
 
     pub fn decode(raw: &str) -> Option<Cursor> {
@@ -30,6 +44,13 @@ impl Cursor {
             return None;
         }
         u64::from_str_radix(hex, 16).ok().map(Cursor)
+    }
+}
+
+/// Serialized as its encoded text.
+impl serde::Serialize for Cursor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_text(&mut [0; ENCODED_LEN]))
     }
 }
 
@@ -66,6 +87,18 @@ impl Since {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encodes_as_prefix_and_sixteen_hex_digits() {
+        assert_eq!(Cursor(0).encode(), "s0000000000000000");
+        assert_eq!(Cursor(0xabc).encode(), "s0000000000000abc");
+        assert_eq!(Cursor(u64::MAX).encode(), "sffffffffffffffff");
+        assert_eq!(Cursor(0x0123_4567_89ab_cdef).encode(), "s0123456789abcdef");
+        assert_eq!(
+            serde_json::to_string(&Cursor(0x1f)).unwrap(),
+            "\"s000000000000001f\""
+        );
+    }
 
     #[test]
     fn round_trips() {

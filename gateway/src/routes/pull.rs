@@ -1,7 +1,6 @@
 //! `GET /sync/{appId}/pull?collection=<table>&since=<cursor>`.
 
 use axum::{
-    Json,
     extract::{Path, Query, State},
     http::HeaderMap,
 };
@@ -27,7 +26,7 @@ pub async fn pull(
     Path(app): Path<String>,
     Query(params): Query<PullParams>,
     headers: HeaderMap,
-) -> Result<Json<store::PageResponse>, ApiError> {
+) -> Result<store::PageJson, ApiError> {
     let app = routes::app_id(&app)?;
     if let Some(table) = &params.collection {
         ingest::validate_id("collection", table).map_err(ApiError::bad_request)?;
@@ -56,7 +55,7 @@ pub async fn pull(
             PAGE_SIZE,
         )
         .await?;
-    Ok(Json(response))
+    Ok(response)
 }
 
 /// The space a pull is limited to, if the caller may read it.

@@ -118,7 +118,7 @@ pub async fn push(
         .read_page(&access, &spaces, app, None, since, upto, exclude, PAGE_SIZE)
         .await?;
     state.metrics().pushed(changes, AnswerSource::Postgres);
-    Ok(Json(response).into_response())
+    Ok(response.into_response())
 }
 
 /// The events creating the caller's personal space, if this batch writes into it and
