@@ -27,9 +27,9 @@ pub struct Dataset {
     seqs: Vec<i64>,
 }
 
-/// The page query of the gateway's store (one table), so the baseline runs exactly
-/// what the gateway runs.
-static PAGE_SQL: LazyLock<String> = LazyLock::new(|| gateway::store::page_sql(true));
+/// The page query of the gateway's store (one table, one space), so the baseline runs
+/// exactly what the gateway runs.
+static PAGE_SQL: LazyLock<String> = LazyLock::new(|| gateway::store::page_sql(true, 1));
 
 /// Loads `rows` rows into one user's table through the gateway (`loaders` devices of
 /// that user pushing batches of `per_batch` concurrently), and waits until projected.

@@ -168,30 +168,54 @@ impl Page {
 const COLUMNS: &str = "seq, event_id, table_name, record_id, op, at, data, fields, space_id, user_id, \
                        actor, origin, schema_version";
 
-/// The page query: `$1` spaces, `$2` app, `$3`/`$4` after/up to, `$5` limit, `$6`
-/// table (or `NULL` for every table), `$7`/`$8` the client and user left out. Each space
-/// is an index range scan (`space, app[, table], seq`), merged by sequence, so the cost
-/// follows the caller's data, not the table's size. That holds for the plan PostgreSQL
-/// settles on for the prepared statement too: run as the caller, the row-level security
-/// policy's `space_id = ANY (…)` keeps even the generic plan on those indexes (tested
-/// in `tests/e2e/plans.rs`). Without it, measured on PostgreSQL 15, the generic plan of
-/// the every-table read walks the primary key from the cursor through every tenant's
-/// changes.
-pub fn page_sql(one_table: bool) -> String {
+/// Callers in up to this many spaces read a page as one ordered range scan per space,
+/// merged (see [`page_sql`]); callers in more get the lateral form.
+pub const MERGED_SPACES: usize = 8;
+
+/// The page query for a caller in `spaces` spaces: `$1` the spaces, `$2` app, `$3`/`$4`
+/// after/up to, `$5` limit, `$6` table (or `NULL` for every table), `$7`/`$8` the client
+/// and user left out. Each space is an index range scan of its scope (`space, app[,
+/// table], seq`), so the cost follows the caller's data, not the table's size.
+///
+/// Up to [`MERGED_SPACES`] spaces, the scans are one `UNION ALL` ordered by sequence:
+/// PostgreSQL merges them (Merge Append) and reads from each only as far as the page
+/// needs, sorting nothing. Beyond that, one lateral scan per space of the array reads up
+/// to a page from every space, and the rows are sorted (a statement per number of
+/// spaces would crowd the connections' statement caches).
+///
+/// That holds for the plan PostgreSQL settles on for the prepared statement too: run as
+/// the caller, the row-level security policy's `space_id = ANY (…)` keeps even the
+/// generic plan on those indexes (tested in `tests/e2e/plans.rs`). Without it, measured
+/// on PostgreSQL 15, the generic plan of the every-table read walks the primary key from
+/// the cursor through every tenant's changes.
+pub fn page_sql(one_table: bool, spaces: usize) -> String {
     let table_filter = if one_table {
         "AND table_name = $6"
     } else {
         "AND $6::text IS NULL"
     };
-    format!(
-        "SELECT c.* FROM unnest($1::text[]) AS s(space_id) \
-         CROSS JOIN LATERAL ( \
-            SELECT {COLUMNS} FROM change_log \
-            WHERE space_id = s.space_id AND app_id = $2 {table_filter} AND seq > $3 AND seq <= $4 \
-              AND NOT (client_id = $7 AND user_id = $8) \
-            ORDER BY seq LIMIT $5 \
-         ) c ORDER BY c.seq LIMIT $5"
-    )
+    let scan = |space: &str| {
+        format!(
+            "SELECT {COLUMNS} FROM change_log \
+             WHERE space_id = {space} AND app_id = $2 {table_filter} AND seq > $3 AND seq <= $4 \
+               AND NOT (client_id = $7 AND user_id = $8) \
+             ORDER BY seq LIMIT $5"
+        )
+    };
+    match spaces {
+        1 => scan("($1::text[])[1]"),
+        2..=MERGED_SPACES => {
+            let scans: Vec<String> = (1..=spaces)
+                .map(|i| format!("({})", scan(&format!("($1::text[])[{i}]"))))
+                .collect();
+            format!("{} ORDER BY seq LIMIT $5", scans.join(" UNION ALL "))
+        }
+        _ => format!(
+            "SELECT c.* FROM unnest($1::text[]) AS s(space_id) \
+             CROSS JOIN LATERAL ({}) c ORDER BY c.seq LIMIT $5",
+            scan("s.space_id")
+        ),
+    }
 }
 
 /// Reads one page ([`page_sql`]).
@@ -207,7 +231,7 @@ pub async fn changes_since(
             has_more: false,
         });
     }
-    let sql = page_sql(q.table.is_some());
+    let sql = page_sql(q.table.is_some(), q.spaces.len());
     let (client, user) = q.exclude.unwrap_or(("", ""));
     let mut rows = sqlx::query(&sql)
         .bind(q.spaces)
