@@ -10,6 +10,7 @@ macro_rules! progress {
 }
 
 mod cpu;
+mod disk;
 mod e2e;
 mod pull;
 mod push;
@@ -170,6 +171,8 @@ async fn run(s: &Settings, rts: &Runtimes) -> anyhow::Result<Results> {
     let mut r = Results::default();
     for rep in 1..=s.reps {
         let tag = |what: &str| format!("r{rep}-{what}");
+        progress!("run {rep}/{}: disk sync latency", s.reps);
+        r.disk.push(disk::probe().await?);
         progress!("run {rep}/{}: raw JetStream baselines", s.reps);
         let raw_nats = sync_tests::TestNats::start_with_roles().await;
         for (what, requests, batch, mode) in [

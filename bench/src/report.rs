@@ -31,6 +31,9 @@ pub struct Results {
     pub drain: Vec<DrainRun>,
     pub replay: Vec<ReplayRun>,
     pub pull: Vec<PullRun>,
+    /// Durable 4 KiB writes where the nats-servers keep their stores (µs), measured
+    /// before each run's raw baselines.
+    pub disk: Vec<Histogram<u64>>,
 }
 
 /// What was run, for the header of the report.
@@ -263,6 +266,14 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
         &mut out,
         &format!("Push b={b}, raw JetStream, one ack per message"),
         r.push_batch_raw_individual.iter().map(push_cell).collect(),
+    );
+    row(
+        &mut out,
+        "Disk: 4 KiB write + fdatasync where nats-server stores (its atomic batches wait on five syncs each), p50 / p99",
+        r.disk
+            .iter()
+            .map(|d| format!("{:.2} / {:.2} ms", ms(d, 0.5), ms(d, 0.99)))
+            .collect(),
     );
     row(
         &mut out,
