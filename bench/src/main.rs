@@ -10,8 +10,8 @@ macro_rules! progress {
 }
 
 mod cpu;
-mod disk;
 mod e2e;
+mod host;
 mod pull;
 mod push;
 mod raw;
@@ -171,8 +171,9 @@ async fn run(s: &Settings, rts: &Runtimes) -> anyhow::Result<Results> {
     let mut r = Results::default();
     for rep in 1..=s.reps {
         let tag = |what: &str| format!("r{rep}-{what}");
-        progress!("run {rep}/{}: disk sync latency", s.reps);
-        r.disk.push(disk::probe().await?);
+        progress!("run {rep}/{}: the host's disk and CPU", s.reps);
+        r.disk.push(host::disk_sync().await?);
+        r.cpu.push(host::cpu_work().await?);
         progress!("run {rep}/{}: raw JetStream baselines", s.reps);
         let raw_nats = sync_tests::TestNats::start_with_roles().await;
         for (what, requests, batch, mode) in [

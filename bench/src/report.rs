@@ -34,6 +34,8 @@ pub struct Results {
     /// Durable 4 KiB writes where the nats-servers keep their stores (µs), measured
     /// before each run's raw baselines.
     pub disk: Vec<Histogram<u64>>,
+    /// A fixed piece of single-threaded work timed (µs), measured beside `disk`.
+    pub cpu: Vec<Histogram<u64>>,
 }
 
 /// What was run, for the header of the report.
@@ -273,6 +275,14 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
         r.disk
             .iter()
             .map(|d| format!("{:.2} / {:.2} ms", ms(d, 0.5), ms(d, 0.99)))
+            .collect(),
+    );
+    row(
+        &mut out,
+        "CPU: a push body of 100 changes parsed and serialized again, one thread (the same work in every run: a slower host takes longer), p50",
+        r.cpu
+            .iter()
+            .map(|c| format!("{:.0} µs", c.value_at_quantile(0.5)))
             .collect(),
     );
     row(
