@@ -100,10 +100,20 @@ fn meets(ok: bool) -> &'static str {
     if ok { "yes" } else { "**no**" }
 }
 
-fn cpu_row(out: &mut String, name: &str, c: &Usage) {
+/// A row of the CPU table; `rate` (changes/s) adds what a change cost the stack
+/// (gateway, projector, nats-server, PostgreSQL), in µs of CPU: comparable across runs
+/// and days, where a rate alone also follows the host's speed.
+fn cpu_row(out: &mut String, name: &str, c: &Usage, rate: Option<f64>) {
+    let per_change = match rate {
+        Some(rate) if rate > 0.0 => {
+            let stack = c.gateway + c.projector + c.nats + c.postgres;
+            format!("{:.0} µs", stack * 10_000.0 / rate)
+        }
+        _ => "—".to_owned(),
+    };
     let _ = writeln!(
         out,
-        "| {name} | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {:.0}% |",
+        "| {name} | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {per_change} |",
         c.gateway, c.projector, c.clients, c.nats, c.postgres, c.other, c.machine
     );
 }
@@ -402,23 +412,29 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
     );
     let _ = writeln!(
         out,
-        "| Measurement | gateway | projector | bench clients | nats-server | PostgreSQL | rest of machine | machine total |"
+        "| Measurement | gateway | projector | bench clients | nats-server | PostgreSQL | rest of machine | machine total | CPU per change (the stack) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     if let Some(x) = median(&r.push1_gateway, PushRun::rate) {
-        cpu_row(&mut out, "Push b=1, gateway", &x.cpu);
+        cpu_row(&mut out, "Push b=1, gateway", &x.cpu, Some(x.rate()));
     }
     if let Some(x) = median(&r.push1_raw, PushRun::rate) {
-        cpu_row(&mut out, "Push b=1, raw JetStream", &x.cpu);
+        cpu_row(&mut out, "Push b=1, raw JetStream", &x.cpu, Some(x.rate()));
     }
     if let Some(x) = median(&r.push_batch_gateway, PushRun::rate) {
-        cpu_row(&mut out, &format!("Push b={b}, gateway"), &x.cpu);
+        cpu_row(
+            &mut out,
+            &format!("Push b={b}, gateway"),
+            &x.cpu,
+            Some(x.rate()),
+        );
     }
     if let Some(x) = median(&r.push_shared_gateway, PushRun::rate) {
         cpu_row(
             &mut out,
             &format!("Push b={b}, gateway, one shared space"),
             &x.cpu,
+            Some(x.rate()),
         );
     }
     if let Some(x) = median(&r.push_batch_raw, PushRun::rate) {
@@ -426,6 +442,7 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
             &mut out,
             &format!("Push b={b}, raw JetStream atomic batch"),
             &x.cpu,
+            Some(x.rate()),
         );
     }
     if let Some(x) = median(&r.push_batch_raw_individual, PushRun::rate) {
@@ -433,22 +450,30 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
             &mut out,
             &format!("Push b={b}, raw JetStream, one ack per message"),
             &x.cpu,
+            Some(x.rate()),
         );
     }
     if let Some(x) = median(&r.e2e, E2eRun::rate) {
-        cpu_row(&mut out, "End-to-end", &x.cpu);
+        cpu_row(&mut out, "End-to-end", &x.cpu, Some(x.rate()));
     }
     if let Some(x) = median(&r.drain, DrainRun::rate) {
-        cpu_row(&mut out, "Projector alone, draining", &x.cpu);
+        cpu_row(
+            &mut out,
+            "Projector alone, draining",
+            &x.cpu,
+            Some(x.rate()),
+        );
     }
     if let Some(x) = median(&r.pull, |p| ms(&p.gateway, 0.99)) {
-        cpu_row(&mut out, "Pull (gateway and SQL alternating)", &x.cpu);
+        cpu_row(&mut out, "Pull (gateway and SQL alternating)", &x.cpu, None);
     }
     let _ = writeln!(
         out,
         "\ngateway and projector: threads of their runtimes in the bench process; bench clients: \
          the rest of it (HTTP clients, the raw baselines' async-nats publisher and sqlx client); \
-         PostgreSQL: the whole cluster; rest of machine: everything else (e.g. other builds)."
+         PostgreSQL: the whole cluster; rest of machine: everything else (e.g. other builds); \
+         CPU per change: gateway, projector, nats-server and PostgreSQL together, per change \
+         of the row's rate (for a raw baseline, nats-server's alone)."
     );
 
     let mut problems = Vec::new();
