@@ -289,7 +289,10 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
     );
     row(
         &mut out,
-        "CPU: a push body of 100 changes parsed and serialized again, one thread (the same work in every run: a slower host takes longer), p50",
+        &format!(
+            "CPU: a push body of {} changes parsed and serialized again, one thread (the same work in every run: a slower host takes longer), p50",
+            crate::host::CPU_CHANGES
+        ),
         r.cpu
             .iter()
             .map(|c| format!("{:.0} µs", c.value_at_quantile(0.5)))
