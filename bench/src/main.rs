@@ -168,7 +168,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(s: &Settings, rts: &Runtimes) -> anyhow::Result<Results> {
     let postmaster = postmaster().await;
-    let mut r = Results::default();
+    let mut r = Results {
+        postgres_cpu: postmaster.is_some(),
+        ..Results::default()
+    };
     for rep in 1..=s.reps {
         let tag = |what: &str| format!("r{rep}-{what}");
         progress!("run {rep}/{}: the host's disk and CPU", s.reps);
@@ -273,15 +276,29 @@ async fn run(s: &Settings, rts: &Runtimes) -> anyhow::Result<Results> {
 }
 
 /// The PostgreSQL cluster's postmaster (for CPU accounting), through a backend's parent.
+/// Without it the report's PostgreSQL column would read 0% (its CPU counted as the rest
+/// of the machine's), so a failure is said on stderr and in the report.
 async fn postmaster() -> Option<u32> {
-    let url = std::env::var("TEST_DATABASE_URL").ok()?;
-    let mut conn = PgConnection::connect(&url).await.ok()?;
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut conn)
-        .await
-        .ok()?;
-    let _ = conn.close().await;
-    cpu::postmaster_of(pid as u32)
+    let found = async {
+        let url = std::env::var("TEST_DATABASE_URL").context("TEST_DATABASE_URL is not set")?;
+        let mut conn = PgConnection::connect(&url).await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await?;
+        // Read while the backend lives: once the connection closes it exits, and its
+        // `/proc` entry goes with it.
+        let postmaster = cpu::postmaster_of(pid as u32)
+            .with_context(|| format!("/proc/{pid}/stat of the backend is unreadable"));
+        let _ = conn.close().await;
+        postmaster
+    };
+    match found.await {
+        Ok(pid) => Some(pid),
+        Err(e) => {
+            progress!("PostgreSQL's postmaster not found ({e:#}): its CPU is not measured");
+            None
+        }
+    }
 }
 
 fn command_output(program: &str, args: &[&str]) -> Option<String> {

@@ -36,6 +36,8 @@ pub struct Results {
     pub disk: Vec<Histogram<u64>>,
     /// A fixed piece of single-threaded work timed (µs), measured beside `disk`.
     pub cpu: Vec<Histogram<u64>>,
+    /// PostgreSQL's CPU was measured (its postmaster was found).
+    pub postgres_cpu: bool,
 }
 
 /// What was run, for the header of the report.
@@ -478,6 +480,14 @@ pub fn render(ctx: &Context, r: &Results, wall: std::time::Duration) -> String {
          CPU per change: gateway, projector, nats-server and PostgreSQL together, per change \
          of the row's rate (for a raw baseline, nats-server's alone)."
     );
+    if !r.postgres_cpu {
+        let _ = writeln!(
+            out,
+            "\n**PostgreSQL's CPU was not measured** in this run (its postmaster was not found, \
+             see stderr): its column reads 0%, its CPU is in \"rest of machine\", and the CPU \
+             per change leaves it out."
+        );
+    }
 
     let mut problems = Vec::new();
     for (label, runs) in [
